@@ -1,0 +1,21 @@
+"""Numba compilation flags, kept in one place for every compiled kernel.
+
+``cache=True`` stores the machine code next to the package so a second process
+skips compilation.  ``fastmath`` is left off: the kernels must reproduce the
+reference arithmetic closely, and the finiteness checks rely on NaN semantics.
+"""
+
+import numba
+
+KERNEL_OPTIONS = dict(nopython=True, nogil=True, cache=True, fastmath=False)
+PARALLEL_OPTIONS = dict(KERNEL_OPTIONS, parallel=True)
+
+
+def kernel(func):
+    """Compile ``func`` as a serial kernel."""
+    return numba.jit(**KERNEL_OPTIONS)(func)
+
+
+def parallel_kernel(func):
+    """Compile ``func`` as a kernel whose ``prange`` loops use every core."""
+    return numba.jit(**PARALLEL_OPTIONS)(func)

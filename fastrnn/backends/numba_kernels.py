@@ -1,0 +1,311 @@
+"""Numba kernels for SimpleRNN, Dense, softmax cross-entropy and the optimizers.
+
+Every kernel works on float32, C-contiguous arrays and writes its results into
+arrays it is given: outputs first, then inputs and saved state, then sizes or
+flags.  Kernels never validate; the layers above them do.
+
+Shape letters: B batch, T time steps, D input features, H hidden units,
+N rows of a 2-D product (B, or B*T for a per-step Dense), K output units.
+
+The recurrence, written once for the whole package::
+
+    h_t = act(x_t W + h_{t-1} U + b),   h_{-1} = 0
+
+with W the Keras ``kernel`` (D, H), U the ``recurrent_kernel`` (H, H) and b the
+``bias`` (H,).  Sequences are stored time-major, (T, B, .), so the slice of one
+step is contiguous for the matrix products.
+
+Activation codes: 0 linear, 1 tanh, 2 relu, 3 sigmoid.  Their derivatives are
+taken from the activation's output, which is what the forward pass saves.
+
+A C implementation with the same names and argument order lives in ``csrc/``.
+"""
+
+import numpy as np
+
+from fastrnn.backends._jit import kernel
+
+LINEAR, TANH, RELU, SIGMOID = 0, 1, 2, 3
+
+
+# --------------------------------------------------------------------------
+# element-wise activations
+
+
+@kernel
+def activation_forward(out, z, activation):
+    """out = act(z) element-wise; ``out`` may be ``z``.  Shapes (M,)."""
+    if activation == TANH:
+        for i in range(z.size):
+            out[i] = np.tanh(z[i])
+    elif activation == RELU:
+        for i in range(z.size):
+            out[i] = z[i] if z[i] > 0 else np.float32(0.0)
+    elif activation == SIGMOID:
+        one = np.float32(1.0)
+        for i in range(z.size):
+            out[i] = one / (one + np.exp(-z[i]))
+    else:
+        out[:] = z
+
+
+@kernel
+def activation_backward(dz, dout, out, activation):
+    """dz = dout * act'(z), with act' written in terms of out = act(z).
+
+    Shapes (M,).  ``dz`` may be ``dout``.
+    """
+    one = np.float32(1.0)
+    if activation == TANH:
+        for i in range(dz.size):
+            dz[i] = dout[i] * (one - out[i] * out[i])
+    elif activation == RELU:
+        for i in range(dz.size):
+            dz[i] = dout[i] if out[i] > 0 else np.float32(0.0)
+    elif activation == SIGMOID:
+        for i in range(dz.size):
+            dz[i] = dout[i] * out[i] * (one - out[i])
+    else:
+        dz[:] = dout
+
+
+# --------------------------------------------------------------------------
+# SimpleRNN
+
+
+@kernel
+def rnn_forward(hs, work, x_tm, W, U, b, activation):
+    """Run the recurrence over all T steps.
+
+    hs    (T, B, H)  out: hidden state after every step (saved for BPTT)
+    work  (2, B, H)  scratch
+    x_tm  (T, B, D)  input sequence, time-major
+    W (D, H), U (H, H), b (H,)
+    """
+    T, B, D = x_tm.shape
+    H = W.shape[1]
+
+    # The input projection of every step is one product; only h U is sequential.
+    hs2 = hs.reshape(T * B, H)
+    np.dot(x_tm.reshape(T * B, D), W, hs2)
+    for i in range(T * B):
+        hs2[i] += b
+    activation_forward(hs[0].reshape(B * H), hs[0].reshape(B * H), activation)
+
+    step = work[0]
+    for t in range(1, T):
+        np.dot(hs[t - 1], U, step)
+        ht = hs[t]
+        ht += step
+        activation_forward(ht.reshape(B * H), ht.reshape(B * H), activation)
+
+
+@kernel
+def rnn_backward(dW, dU, db, dx_tm, dz, work, dh_out, hs, x_tm, W, U, activation):
+    """Backpropagation through time for :func:`rnn_forward`.
+
+    dW (D, H), dU (H, H), db (H,)  out: overwritten, not accumulated
+    dx_tm  (T, B, D)  out: gradient of the input; pass shape (0, 0, 0) to skip
+    dz     (T, B, H)  scratch: gradient of the pre-activation of every step
+    work   (2, B, H)  scratch
+    dh_out (T, B, H)  gradient of every step's output (return_sequences), or
+           (1, B, H)  gradient of the last step's output only
+    hs, x_tm, W, U    as saved by :func:`rnn_forward`
+    """
+    T, B, D = x_tm.shape
+    H = W.shape[1]
+    every_step = dh_out.shape[0] == T and T > 1
+
+    # Only dh_{t-1} = dz_t U^T + (output gradient) is sequential.
+    dh = work[0]
+    carry = work[1]
+    dh[:] = dh_out[dh_out.shape[0] - 1]
+    for t in range(T - 1, -1, -1):
+        activation_backward(
+            dz[t].reshape(B * H), dh.reshape(B * H), hs[t].reshape(B * H), activation
+        )
+        if t > 0:
+            np.dot(dz[t], U.T, carry)
+            if every_step:
+                carry += dh_out[t - 1]
+            dh, carry = carry, dh
+
+    # The weight gradients are one product each over all steps.
+    dz2 = dz.reshape(T * B, H)
+    np.dot(x_tm.reshape(T * B, D).T, dz2, dW)
+    if T > 1:
+        np.dot(hs[: T - 1].reshape((T - 1) * B, H).T, dz[1:].reshape((T - 1) * B, H), dU)
+    else:
+        dU[:] = 0
+    db[:] = 0
+    for i in range(T * B):
+        db += dz2[i]
+    if dx_tm.size:
+        np.dot(dz2, W.T, dx_tm.reshape(T * B, D))
+
+
+# --------------------------------------------------------------------------
+# Dense
+
+
+@kernel
+def dense_forward(y, x, V, c):
+    """y = x V + c.   y (N, K), x (N, H), V (H, K), c (K,)."""
+    np.dot(x, V, y)
+    for i in range(y.shape[0]):
+        y[i] += c
+
+
+@kernel
+def dense_backward(dV, dc, dx, dy, x, V):
+    """Gradients of :func:`dense_forward`.
+
+    dV (H, K), dc (K,)  out: overwritten
+    dx (N, H)           out: pass shape (0, 0) to skip
+    dy (N, K), x (N, H), V (H, K)
+    """
+    np.dot(x.T, dy, dV)
+    dc[:] = 0
+    for i in range(dy.shape[0]):
+        dc += dy[i]
+    if dx.size:
+        np.dot(dy, V.T, dx)
+
+
+# --------------------------------------------------------------------------
+# softmax and losses
+
+
+@kernel
+def softmax_forward(p, z):
+    """Row-wise softmax, shifted by the row maximum.  p, z (N, K)."""
+    N, K = z.shape
+    for i in range(N):
+        m = z[i, 0]
+        for k in range(1, K):
+            if z[i, k] > m:
+                m = z[i, k]
+        s = np.float32(0.0)
+        for k in range(K):
+            e = np.exp(z[i, k] - m)
+            p[i, k] = e
+            s += e
+        for k in range(K):
+            p[i, k] /= s
+
+
+@kernel
+def softmax_backward(dz, dp, p):
+    """dz = p * (dp - sum(dp * p)) row-wise.  dz, dp, p (N, K)."""
+    N, K = p.shape
+    for i in range(N):
+        s = np.float32(0.0)
+        for k in range(K):
+            s += dp[i, k] * p[i, k]
+        for k in range(K):
+            dz[i, k] = p[i, k] * (dp[i, k] - s)
+
+
+@kernel
+def softmax_xent_forward(p, logits, y):
+    """Softmax cross-entropy from logits, mean over the N rows.
+
+    p (N, K) out: probabilities; logits (N, K); y (N, K) target distribution.
+    Uses log p = z - max - log(sum exp(z - max)), so no clipping is needed.
+    """
+    N, K = logits.shape
+    total = 0.0
+    for i in range(N):
+        m = logits[i, 0]
+        for k in range(1, K):
+            if logits[i, k] > m:
+                m = logits[i, k]
+        s = np.float32(0.0)
+        for k in range(K):
+            e = np.exp(logits[i, k] - m)
+            p[i, k] = e
+            s += e
+        log_s = np.log(s)
+        row = np.float32(0.0)
+        for k in range(K):
+            p[i, k] /= s
+            if y[i, k] != 0:
+                row -= y[i, k] * (logits[i, k] - m - log_s)
+        total += row
+    return total / N
+
+
+@kernel
+def softmax_xent_backward(dlogits, p, y):
+    """Gradient of the mean softmax cross-entropy w.r.t. the logits.
+
+    dlogits (N, K) out; p (N, K) from the forward pass; y (N, K).
+    d/dz of -sum_k y_k log softmax(z)_k is p * sum_k y_k - y.
+    """
+    N, K = p.shape
+    inv_n = np.float32(1.0 / N)
+    for i in range(N):
+        s = np.float32(0.0)
+        for k in range(K):
+            s += y[i, k]
+        for k in range(K):
+            dlogits[i, k] = (p[i, k] * s - y[i, k]) * inv_n
+
+
+@kernel
+def sparse_to_onehot(y, labels):
+    """y[i] = one-hot(labels[i]).  y (N, K) float32, labels (N,) int64."""
+    y[:] = 0
+    for i in range(labels.shape[0]):
+        y[i, labels[i]] = 1
+
+
+# --------------------------------------------------------------------------
+# optimizers on flat parameter vectors, all of shape (P,)
+
+
+@kernel
+def adam_update(w, g, m, v, alpha, beta_1, beta_2, epsilon):
+    """Adam (Kingma and Ba, 2015) in the form Keras uses.
+
+    alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) is computed by the caller;
+    epsilon is added to sqrt(v_t), not to the bias-corrected sqrt(v_hat).
+    """
+    a = np.float32(alpha)
+    b1 = np.float32(1.0 - beta_1)
+    b2 = np.float32(1.0 - beta_2)
+    eps = np.float32(epsilon)
+    for i in range(w.size):
+        gi = g[i]
+        m[i] += (gi - m[i]) * b1
+        v[i] += (gi * gi - v[i]) * b2
+        w[i] -= (m[i] * a) / (np.sqrt(v[i]) + eps)
+
+
+@kernel
+def sgd_update(w, g, velocity, learning_rate, momentum, nesterov):
+    """SGD with optional (Nesterov) momentum, velocity = mu v - lr g."""
+    lr = np.float32(learning_rate)
+    mu = np.float32(momentum)
+    if momentum == 0.0:
+        for i in range(w.size):
+            w[i] -= lr * g[i]
+        return
+    for i in range(w.size):
+        velocity[i] = mu * velocity[i] - lr * g[i]
+        if nesterov:
+            w[i] += mu * velocity[i] - lr * g[i]
+        else:
+            w[i] += velocity[i]
+
+
+@kernel
+def rmsprop_update(w, g, velocity, learning_rate, rho, epsilon):
+    """RMSprop: v = rho v + (1 - rho) g^2;  w -= lr g / (sqrt(v) + epsilon)."""
+    lr = np.float32(learning_rate)
+    r = np.float32(rho)
+    eps = np.float32(epsilon)
+    for i in range(w.size):
+        gi = g[i]
+        velocity[i] = r * velocity[i] + (np.float32(1.0) - r) * gi * gi
+        w[i] -= lr * gi / (np.sqrt(velocity[i]) + eps)
