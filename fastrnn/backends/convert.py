@@ -1,0 +1,43 @@
+"""Conversion of user input to the float32, time-major layout of the kernels.
+
+Shared by every backend: it is input handling, not arithmetic.  Numba compiles
+one specialisation per input dtype and memory layout, so float64, integer and
+strided inputs are converted in one pass without a temporary copy.
+"""
+
+import numpy as np
+
+from fastrnn.backends._jit import kernel
+
+
+@kernel
+def sequence_to_time_major(x_tm, x):
+    """x_tm[t, b, d] = float32(x[b, t, d]); returns False if any value is not finite.
+
+    x_tm (T, B, D) float32 out; x (B, T, D) any real dtype and layout.
+    A float64 value beyond float32's range becomes inf and so counts as not finite.
+    """
+    B, T, D = x.shape
+    finite = True
+    for b in range(B):
+        for t in range(T):
+            for d in range(D):
+                value = np.float32(x[b, t, d])
+                if not np.isfinite(value):
+                    finite = False
+                x_tm[t, b, d] = value
+    return finite
+
+
+@kernel
+def matrix_to_float32(out, x):
+    """out = float32(x); returns False if any value is not finite.  (N, F)."""
+    N, F = x.shape
+    finite = True
+    for i in range(N):
+        for j in range(F):
+            value = np.float32(x[i, j])
+            if not np.isfinite(value):
+                finite = False
+            out[i, j] = value
+    return finite
