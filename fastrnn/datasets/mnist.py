@@ -107,8 +107,9 @@ def load_data(path=None):
     -----
     Unlike Keras, ``path`` names a file to read rather than a file name inside
     Keras's cache, and a file found locally is used without checking its hash.
-    Labels stored as any integer type are accepted and returned as uint8. Arrays of any length are accepted as long as images are 28 x 28 and each image
-    array has as many rows as its label array.
+    Labels stored as any integer type are accepted and returned as uint8. Arrays
+    of any length are accepted as long as images are 28 x 28 and each image array
+    has as many rows as its label array.
     """
     if path is not None:
         return _load_file(_existing(path, "the `path` argument"), "`path` argument")
