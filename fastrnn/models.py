@@ -764,6 +764,37 @@ class Sequential:
         callback_list.on_train_end()
         return history
 
+    # ------------------------------------------------------------------
+    # saving (the format lives in fastrnn.saving)
+
+    def save(self, filepath, overwrite=True):
+        """Save architecture, weights, compile settings and optimizer state.
+
+        The file is a Keras 3 ``.keras`` archive; see :mod:`fastrnn.saving`.
+        """
+        from fastrnn import saving
+
+        saving.save_model(self, filepath, overwrite=overwrite)
+
+    def save_weights(self, filepath, overwrite=True):
+        """Save the weights alone, as Keras 3's ``.weights.h5`` file."""
+        from fastrnn import saving
+
+        saving.save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath):
+        """Load weights saved by :meth:`save_weights` (or Keras 3)."""
+        from fastrnn import saving
+
+        saving.load_weights(self, filepath)
+
+
+def load_model(filepath, compile=True):
+    """Load a model saved by :meth:`Sequential.save` or by Keras 3 (``.keras``)."""
+    from fastrnn import saving
+
+    return saving.load_model(filepath, compile=compile)
+
 
 def _reject_non_finite(array, argument):
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
@@ -773,4 +804,4 @@ def _reject_non_finite(array, argument):
             raise ValueError(f"{argument} has values beyond float32's range")
 
 
-__all__ = ["Sequential", "Dense", "SimpleRNN", "Activation"]
+__all__ = ["Sequential", "load_model"]
