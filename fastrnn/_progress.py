@@ -20,8 +20,12 @@ class EpochProgress:
         self.bar = None
         if verbose == 1:
             self.bar = tqdm(
-                total=steps, desc=self.title, unit="step", file=sys.stdout,
-                leave=True, dynamic_ncols=True,
+                total=steps,
+                desc=self.title,
+                unit="step",
+                file=sys.stdout,
+                leave=True,
+                dynamic_ncols=True,
             )
 
     def update(self, logs):

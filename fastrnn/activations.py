@@ -24,7 +24,5 @@ def canonical_name(activation, argument="activation", allow_softmax=True):
     name = activation.lower()
     supported = sorted(ELEMENTWISE) + ([SOFTMAX] if allow_softmax else [])
     if name not in supported:
-        raise ValueError(
-            f"{argument} must be one of {supported}, got {activation!r}"
-        )
+        raise ValueError(f"{argument} must be one of {supported}, got {activation!r}")
     return name

@@ -55,9 +55,7 @@ _BY_NAME = {
 def get(name, argument):
     """The initializer called ``name``; ``argument`` names it in errors."""
     if not isinstance(name, str) or name.lower() not in _BY_NAME:
-        raise ValueError(
-            f"{argument} must be one of {sorted(_BY_NAME)}, got {name!r}"
-        )
+        raise ValueError(f"{argument} must be one of {sorted(_BY_NAME)}, got {name!r}")
     return name.lower()
 
 

@@ -63,7 +63,9 @@ def _shape_from_keywords(name, input_shape, batch_input_shape, input_dim, input_
         if size is None or size == "any":
             cleaned.append(None)
         else:
-            cleaned.append(_check_positive_int(size, f"{name}: input shape[{position}]"))
+            cleaned.append(
+                _check_positive_int(size, f"{name}: input shape[{position}]")
+            )
     return tuple(cleaned)
 
 
@@ -97,8 +99,16 @@ class Layer:
 
     _counts = {}
 
-    def __init__(self, name=None, input_shape=None, batch_input_shape=None,
-                 input_dim=None, input_length=None, trainable=True, dtype=None):
+    def __init__(
+        self,
+        name=None,
+        input_shape=None,
+        batch_input_shape=None,
+        input_dim=None,
+        input_length=None,
+        trainable=True,
+        dtype=None,
+    ):
         prefix = type(self).__name__.lower()
         if prefix == "simplernn":
             prefix = "simple_rnn"
@@ -108,7 +118,9 @@ class Layer:
             name = prefix if number == 0 else f"{prefix}_{number}"
         self.name = name
         if dtype not in (None, "float32", np.float32):
-            raise ValueError(f"{name}: only dtype 'float32' is supported, got {dtype!r}")
+            raise ValueError(
+                f"{name}: only dtype 'float32' is supported, got {dtype!r}"
+            )
         if trainable is not True:
             # TODO: freezing layers (trainable=False) is not implemented.
             raise ValueError(f"{name}: trainable=False is not supported")
@@ -176,15 +188,29 @@ class SimpleRNN(Layer):
     ``return_state`` are not supported and raise ``ValueError`` when asked for.
     """
 
-    def __init__(self, units=None, activation="tanh", use_bias=True,
-                 kernel_initializer="glorot_uniform",
-                 recurrent_initializer="orthogonal", bias_initializer="zeros",
-                 return_sequences=False, unroll=False, **kwargs):
+    def __init__(
+        self,
+        units=None,
+        activation="tanh",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        return_sequences=False,
+        unroll=False,
+        **kwargs,
+    ):
         units = _take_old_units_name(self, units, kwargs)
         _refuse_unsupported(
-            "SimpleRNN", kwargs,
-            {"dropout": 0.0, "recurrent_dropout": 0.0, "stateful": False,
-             "go_backwards": False, "return_state": False},
+            "SimpleRNN",
+            kwargs,
+            {
+                "dropout": 0.0,
+                "recurrent_dropout": 0.0,
+                "stateful": False,
+                "go_backwards": False,
+                "return_state": False,
+            },
         )
         super().__init__(**kwargs)
         self.units = _check_positive_int(units, "units")
@@ -251,7 +277,12 @@ class SimpleRNN(Layer):
         buffers = self._buffers.get((T, B))
         W, U = self.weights[0], self.weights[1]
         kernels().rnn_forward(
-            buffers["hs"], buffers["work"], x_tm, W, U, self._bias(self.weights),
+            buffers["hs"],
+            buffers["work"],
+            x_tm,
+            W,
+            U,
+            self._bias(self.weights),
             self._code,
         )
         self._saved = (x_tm, buffers)
@@ -268,19 +299,32 @@ class SimpleRNN(Layer):
         grads = self.gradients
         db = grads[2] if self.use_bias else np.empty(self.units, dtype=np.float32)
         kernels().rnn_backward(
-            grads[0], grads[1], db, dx, buffers["dz"], buffers["work"], dout,
-            buffers["hs"], x_tm, self.weights[0], self.weights[1], self._code,
+            grads[0],
+            grads[1],
+            db,
+            dx,
+            buffers["dz"],
+            buffers["work"],
+            dout,
+            buffers["hs"],
+            x_tm,
+            self.weights[0],
+            self.weights[1],
+            self._code,
         )
         return dx if need_dx else None
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            units=self.units, activation=self.activation, use_bias=self.use_bias,
+            units=self.units,
+            activation=self.activation,
+            use_bias=self.use_bias,
             kernel_initializer=self.kernel_initializer,
             recurrent_initializer=self.recurrent_initializer,
             bias_initializer=self.bias_initializer,
-            return_sequences=self.return_sequences, unroll=self.unroll,
+            return_sequences=self.return_sequences,
+            unroll=self.unroll,
         )
         return config
 
@@ -302,9 +346,15 @@ class Dense(Layer):
         applied to every time step with the same weights.  ``input_dim`` works too.
     """
 
-    def __init__(self, units=None, activation=None, use_bias=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 **kwargs):
+    def __init__(
+        self,
+        units=None,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
         units = _take_old_units_name(self, units, kwargs)
         super().__init__(**kwargs)
         self.units = _check_positive_int(units, "units")
@@ -373,7 +423,8 @@ class Dense(Layer):
         else:
             y = buffers["y"]
             k.activation_forward(
-                y.reshape(-1), buffers["z"].reshape(-1),
+                y.reshape(-1),
+                buffers["z"].reshape(-1),
                 activations.ELEMENTWISE[self.activation],
             )
         self._saved = (x2, buffers, y)
@@ -392,12 +443,16 @@ class Dense(Layer):
         else:
             dz = buffers["dz"]
             k.activation_backward(
-                dz.reshape(-1), dy.reshape(-1), y.reshape(-1),
+                dz.reshape(-1),
+                dy.reshape(-1),
+                y.reshape(-1),
                 activations.ELEMENTWISE[self.activation],
             )
         dx = buffers["dx"] if need_dx else _EMPTY_2D
-        dc = self.gradients[1] if self.use_bias else np.empty(
-            self.units, dtype=np.float32
+        dc = (
+            self.gradients[1]
+            if self.use_bias
+            else np.empty(self.units, dtype=np.float32)
         )
         k.dense_backward(self.gradients[0], dc, dx, dz, x2, self.weights[0])
         if not need_dx:
@@ -407,7 +462,9 @@ class Dense(Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            units=self.units, activation=self.activation, use_bias=self.use_bias,
+            units=self.units,
+            activation=self.activation,
+            use_bias=self.use_bias,
             kernel_initializer=self.kernel_initializer,
             bias_initializer=self.bias_initializer,
         )
@@ -467,7 +524,9 @@ class Activation(Layer):
             k.softmax_backward(dx, dy, y)
         else:
             k.activation_backward(
-                dx.reshape(-1), dy.reshape(-1), y.reshape(-1),
+                dx.reshape(-1),
+                dy.reshape(-1),
+                y.reshape(-1),
                 activations.ELEMENTWISE[self.activation],
             )
         return dx.reshape(dout.shape)
@@ -487,8 +546,7 @@ def _take_old_units_name(layer, units, kwargs):
                 f"{type(layer).__name__}: give units or output_dim, not both"
             )
         warnings.warn(
-            f"{type(layer).__name__}: 'output_dim' is an old name; use "
-            f"units={old!r}",
+            f"{type(layer).__name__}: 'output_dim' is an old name; use units={old!r}",
             FastRNNWarning,
             stacklevel=3,
         )

@@ -20,12 +20,16 @@ import numpy as np
 from fastrnn import callbacks as callbacks_module
 from fastrnn import losses, optimizers
 from fastrnn._warnings import FastRNNWarning
-from fastrnn.backends import convert, kernels
-from fastrnn.layers import Activation, Dense, Layer, SimpleRNN
+from fastrnn.backends import _threads, convert, kernels
+from fastrnn.layers import Activation, Layer, SimpleRNN
 from fastrnn.utils.random import get_rng
 
-_ACCURACY_NAMES = ("accuracy", "acc", "categorical_accuracy",
-                   "sparse_categorical_accuracy")
+_ACCURACY_NAMES = (
+    "accuracy",
+    "acc",
+    "categorical_accuracy",
+    "sparse_categorical_accuracy",
+)
 
 
 def _as_numeric(value, argument):
@@ -37,8 +41,7 @@ def _as_numeric(value, argument):
             array = np.asarray(value)
         except ValueError as error:  # ragged nested lists
             raise ValueError(
-                f"{argument} must be a rectangular array; could not convert it: "
-                f"{error}"
+                f"{argument} must be a rectangular array; could not convert it: {error}"
             ) from None
     if array.dtype.kind not in "biuf":
         raise TypeError(
@@ -226,18 +229,21 @@ class Sequential:
         self._require_built("summary")
         rows = [("Layer (type)", "Output Shape", "Param #")]
         for layer in self.layers:
-            rows.append((
-                f"{layer.name} ({type(layer).__name__})",
-                str((None,) + tuple(layer.output_shape)),
-                f"{layer.count_params():,}",
-            ))
+            rows.append(
+                (
+                    f"{layer.name} ({type(layer).__name__})",
+                    str((None,) + tuple(layer.output_shape)),
+                    f"{layer.count_params():,}",
+                )
+            )
         widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
         rule = "-" * sum(widths)
         print_fn(f'Model: "{self.name}"')
         print_fn(rule)
         for i, row in enumerate(rows):
             print_fn(
-                row[0].ljust(widths[0]) + row[1].ljust(widths[1])
+                row[0].ljust(widths[0])
+                + row[1].ljust(widths[1])
                 + row[2].rjust(widths[2])
             )
             print_fn("=" * len(rule) if i == 0 else rule)
@@ -349,6 +355,7 @@ class Sequential:
 
     def _convert_x(self, x, argument="x"):
         """float32 internal layout of a checked batch: (T, B, D) or (B, F)."""
+        _threads.use_threads_for_batch(x.shape[0])
         if x.ndim == 3:
             B, T, D = x.shape
             out = self._buffers.get(argument, (T, B, D))
@@ -434,8 +441,8 @@ class Sequential:
     def _rows(self, N, K):
         buffers = self._row_buffers.get((N, K))
         if buffers is None:
-            self._row_buffers = {(N, K): buffers} if len(self._row_buffers) > 2 else (
-                self._row_buffers
+            self._row_buffers = (
+                {(N, K): buffers} if len(self._row_buffers) > 2 else (self._row_buffers)
             )
             buffers = losses.RowBuffers(N, K)
             self._row_buffers[(N, K)] = buffers
@@ -583,8 +590,9 @@ class Sequential:
             parts.append(self._predict_converted(self._convert_x(chunk)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def evaluate(self, x, y, batch_size=32, verbose="auto", return_dict=False,
-                 callbacks=None):
+    def evaluate(
+        self, x, y, batch_size=32, verbose="auto", return_dict=False, callbacks=None
+    ):
         """Loss (and accuracy) over all samples, as sample-weighted batch means.
 
         Parameters
@@ -621,9 +629,19 @@ class Sequential:
         accuracy = accuracy_sum / n if self._accuracy_name is not None else None
         return loss_sum / n, accuracy
 
-    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True,
-            initial_epoch=0):
+    def fit(
+        self,
+        x,
+        y,
+        batch_size=32,
+        epochs=1,
+        verbose=1,
+        callbacks=None,
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        initial_epoch=0,
+    ):
         """Train for ``epochs`` passes over the data.
 
         Parameters
@@ -696,7 +714,8 @@ class Sequential:
         n = x.shape[0]
         steps = -(-n // batch_size)
         callback_list = callbacks_module.CallbackList(
-            list(callbacks or []) + [history], self,
+            list(callbacks or []) + [history],
+            self,
             {"epochs": epochs, "steps": steps, "verbose": verbose},
         )
         from fastrnn import _progress

@@ -63,11 +63,15 @@ class Optimizer:
         self.learning_rate = _check_float(
             learning_rate, "learning_rate", low=0.0, low_open=True
         )
-        self.clipnorm = None if clipnorm is None else _check_float(
-            clipnorm, "clipnorm", low=0.0, low_open=True
+        self.clipnorm = (
+            None
+            if clipnorm is None
+            else _check_float(clipnorm, "clipnorm", low=0.0, low_open=True)
         )
-        self.clipvalue = None if clipvalue is None else _check_float(
-            clipvalue, "clipvalue", low=0.0, low_open=True
+        self.clipvalue = (
+            None
+            if clipvalue is None
+            else _check_float(clipvalue, "clipvalue", low=0.0, low_open=True)
         )
         self.iterations = 0
         self._size = None
@@ -133,8 +137,15 @@ class Adam(Optimizer):
     epsilon : float, default 1e-7
     """
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-7, amsgrad=False, **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        amsgrad=False,
+        **kwargs,
+    ):
         super().__init__(learning_rate, **kwargs)
         if amsgrad:
             # TODO: the AMSGrad variant is not implemented.
@@ -155,7 +166,13 @@ class Adam(Optimizer):
             / (1.0 - self.beta_1**t)
         )
         kernels().adam_update(
-            weights, gradient, self.m, self.v, alpha, self.beta_1, self.beta_2,
+            weights,
+            gradient,
+            self.m,
+            self.v,
+            alpha,
+            self.beta_1,
+            self.beta_2,
             self.epsilon,
         )
 
@@ -191,7 +208,11 @@ class SGD(Optimizer):
 
     def _update(self, weights, gradient):
         kernels().sgd_update(
-            weights, gradient, self.velocity, self.learning_rate, self.momentum,
+            weights,
+            gradient,
+            self.velocity,
+            self.learning_rate,
+            self.momentum,
             self.nesterov,
         )
 
@@ -231,7 +252,11 @@ class RMSprop(Optimizer):
 
     def _update(self, weights, gradient):
         kernels().rmsprop_update(
-            weights, gradient, self.velocity, self.learning_rate, self.rho,
+            weights,
+            gradient,
+            self.velocity,
+            self.learning_rate,
+            self.rho,
             self.epsilon,
         )
 

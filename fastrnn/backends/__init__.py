@@ -68,15 +68,12 @@ def set_backend(name):
         The backend actually in use.
     """
     if name not in BACKENDS:
-        raise ValueError(
-            f"backend must be one of {BACKENDS}, got {name!r}"
-        )
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     try:
         module = importlib.import_module(_MODULES[name])
     except ImportError as error:
         warnings.warn(
-            f"the {name!r} backend is not available ({error}); "
-            "falling back to 'numba'",
+            f"the {name!r} backend is not available ({error}); falling back to 'numba'",
             FastRNNWarning,
             stacklevel=2,
         )

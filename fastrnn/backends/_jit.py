@@ -1,13 +1,17 @@
 """Numba compilation flags, kept in one place for every compiled kernel.
 
-``cache=True`` stores the machine code next to the package so a second process
-skips compilation.  ``fastmath`` is left off: the kernels must reproduce the
-reference arithmetic closely, and the finiteness checks rely on NaN semantics.
+``error_model="numpy"`` drops the zero-division checks that keep LLVM from
+vectorising loops with a division.  ``cache=True`` stores the machine code next
+to the package so a second process skips compilation.  ``fastmath`` is left
+off: the kernels must reproduce the reference arithmetic closely, and the
+finiteness checks rely on NaN semantics.
 """
 
 import numba
 
-KERNEL_OPTIONS = dict(nopython=True, nogil=True, cache=True, fastmath=False)
+KERNEL_OPTIONS = dict(
+    nopython=True, nogil=True, cache=True, fastmath=False, error_model="numpy"
+)
 PARALLEL_OPTIONS = dict(KERNEL_OPTIONS, parallel=True)
 
 

@@ -1,0 +1,39 @@
+"""Test set-up: every test that touches the kernels runs on every built backend.
+
+A test module whose tests never reach a kernel sets ``BACKEND_INDEPENDENT = True``
+and runs once.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fastrnn import backends
+
+# The MNIST file the tests read: $FASTRNN_MNIST, else the shared data folder
+# beside the repository.  Tests that need it fail when it is missing.
+MNIST_PATH = Path(
+    os.environ.get("FASTRNN_MNIST")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
+)
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    if getattr(metafunc.module, "BACKEND_INDEPENDENT", False):
+        names = ["numba"]
+    else:
+        names = backends.available_backends()
+    metafunc.parametrize("backend", names, indirect=True, scope="module")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def backend(request):
+    """Select the backend named by the parameter for the test, then restore."""
+    previous = backends.get_backend()
+    name = getattr(request, "param", previous)
+    backends.set_backend(name)
+    yield name
+    backends.set_backend(previous)
