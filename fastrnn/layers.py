@@ -252,6 +252,7 @@ class SimpleRNN(Layer):
             self._param_specs.append(("bias", (H,), self.bias_initializer))
         else:
             self._zero_bias = np.zeros(H, dtype=np.float32)
+            self._scratch_bias_gradient = np.zeros(H, dtype=np.float32)
         self.output_shape = (steps, H) if self.return_sequences else (H,)
         return self.output_shape
 
@@ -268,23 +269,34 @@ class SimpleRNN(Layer):
             "dx": np.empty((T, B, D), dtype=np.float32),
         }
 
-    def _bias(self, tensors):
-        return tensors[2] if self.use_bias else self._zero_bias
+    @property
+    def activation_code(self):
+        return self._code
+
+    def kernel_arguments(self):
+        """(W, U, b) for the kernels; b is zeros without a bias."""
+        bias = self.weights[2] if self.use_bias else self._zero_bias
+        return self.weights[0], self.weights[1], bias
+
+    def gradient_arguments(self):
+        """(dW, dU, db) for the kernels; db is scratch without a bias."""
+        db = self.gradients[2] if self.use_bias else self._scratch_bias_gradient
+        return self.gradients[0], self.gradients[1], db
+
+    def fused_buffers(self, T, B):
+        """Work arrays for the fused train step, shared with forward/backward."""
+        buffers = self._buffers.get((T, B))
+        if "dh_last" not in buffers:
+            buffers["dh_last"] = np.empty((1, B, self.units), dtype=np.float32)
+            buffers["no_dx"] = _EMPTY_3D
+        return buffers
 
     def forward(self, x_tm, training):
         """x_tm (T, B, D) -> (T, B, H) if return_sequences else (B, H)."""
         T, B = x_tm.shape[0], x_tm.shape[1]
         buffers = self._buffers.get((T, B))
-        W, U = self.weights[0], self.weights[1]
-        kernels().rnn_forward(
-            buffers["hs"],
-            buffers["work"],
-            x_tm,
-            W,
-            U,
-            self._bias(self.weights),
-            self._code,
-        )
+        W, U, b = self.kernel_arguments()
+        kernels().rnn_forward(buffers["hs"], buffers["work"], x_tm, W, U, b, self._code)
         self._saved = (x_tm, buffers)
         if self.return_sequences:
             return buffers["hs"]
@@ -296,22 +308,12 @@ class SimpleRNN(Layer):
         if dout.ndim == 2:
             dout = dout.reshape(1, dout.shape[0], dout.shape[1])
         dx = buffers["dx"] if need_dx else _EMPTY_3D
-        grads = self.gradients
-        db = grads[2] if self.use_bias else np.empty(self.units, dtype=np.float32)
+        dW, dU, db = self.gradient_arguments()
+        W, U, _ = self.kernel_arguments()
         kernels().rnn_backward(
-            grads[0],
-            grads[1],
-            db,
-            dx,
-            buffers["dz"],
-            buffers["work"],
-            dout,
-            buffers["hs"],
-            x_tm,
-            self.weights[0],
-            self.weights[1],
-            self._code,
-        )
+            dW, dU, db, dx, buffers["dz"], buffers["work"], dout, buffers["hs"],
+            x_tm, W, U, self._code,
+        )  # fmt: skip
         return dx if need_dx else None
 
     def get_config(self):
@@ -383,6 +385,7 @@ class Dense(Layer):
             self._param_specs.append(("bias", (K,), self.bias_initializer))
         else:
             self._zero_bias = np.zeros(K, dtype=np.float32)
+            self._scratch_bias_gradient = np.zeros(K, dtype=np.float32)
         self.output_shape = tuple(input_shape[:-1]) + (K,)
         return self.output_shape
 
@@ -403,6 +406,16 @@ class Dense(Layer):
     def produces_softmax(self):
         return self.activation == activations.SOFTMAX
 
+    def kernel_arguments(self):
+        """(V, c) for the kernels; c is zeros without a bias."""
+        bias = self.weights[1] if self.use_bias else self._zero_bias
+        return self.weights[0], bias
+
+    def gradient_arguments(self):
+        """(dV, dc) for the kernels; dc is scratch without a bias."""
+        dc = self.gradients[1] if self.use_bias else self._scratch_bias_gradient
+        return self.gradients[0], dc
+
     def forward(self, x, training, logits_only=False):
         """x (B, H) or (T, B, H) -> same leading axes with K features.
 
@@ -412,9 +425,8 @@ class Dense(Layer):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         buffers = self._buffers.get((x2.shape[0],))
-        bias = self.weights[1] if self.use_bias else self._zero_bias
         k = kernels()
-        k.dense_forward(buffers["z"], x2, self.weights[0], bias)
+        k.dense_forward(buffers["z"], x2, *self.kernel_arguments())
         if self.activation == "linear" or (logits_only and self.produces_softmax):
             y = buffers["z"]
         elif self.produces_softmax:
@@ -449,12 +461,8 @@ class Dense(Layer):
                 activations.ELEMENTWISE[self.activation],
             )
         dx = buffers["dx"] if need_dx else _EMPTY_2D
-        dc = (
-            self.gradients[1]
-            if self.use_bias
-            else np.empty(self.units, dtype=np.float32)
-        )
-        k.dense_backward(self.gradients[0], dc, dx, dz, x2, self.weights[0])
+        dV, dc = self.gradient_arguments()
+        k.dense_backward(dV, dc, dx, dz, x2, self.weights[0])
         if not need_dx:
             return None
         return dx.reshape(dout.shape[:-1] + (x2.shape[1],))

@@ -42,6 +42,7 @@ class RowBuffers:
     """Scratch arrays of shape (N, K) for one loss evaluation."""
 
     def __init__(self, N, K):
+        self.logits = np.empty((N, K), dtype=np.float32)
         self.probabilities = np.empty((N, K), dtype=np.float32)
         self.gradient = np.empty((N, K), dtype=np.float32)
 

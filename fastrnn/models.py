@@ -21,7 +21,7 @@ from fastrnn import callbacks as callbacks_module
 from fastrnn import losses, optimizers
 from fastrnn._warnings import FastRNNWarning
 from fastrnn.backends import _threads, convert, kernels
-from fastrnn.layers import Activation, Layer, SimpleRNN
+from fastrnn.layers import Activation, Dense, Layer, SimpleRNN
 from fastrnn.utils.random import get_rng
 
 _ACCURACY_NAMES = (
@@ -526,15 +526,64 @@ class Sequential:
         )
         return self._results(loss, accuracy, return_dict)
 
+    def _fused_layers(self):
+        """(SimpleRNN, Dense) when one fused kernel can run the whole train step.
+
+        That is SimpleRNN -> Dense -> softmax (in the Dense or an Activation) with
+        a cross-entropy loss and no gradient clipping.
+        """
+        layers = self.layers
+        if not self._fuses_softmax() or self.optimizer.clipnorm is not None:
+            return None
+        if self.optimizer.clipvalue is not None:
+            return None
+        if len(layers) == 3 and isinstance(layers[2], Activation):
+            if layers[1].activation != "linear":
+                return None
+            layers = layers[:2]
+        if len(layers) != 2:
+            return None
+        rnn, dense = layers
+        if not isinstance(rnn, SimpleRNN) or rnn.return_sequences:
+            return None
+        if not isinstance(dense, Dense):
+            return None
+        return rnn, dense
+
+    def _train_fused(self, rnn, dense, inputs, targets):
+        T, B = inputs.shape[0], inputs.shape[1]
+        K = dense.units
+        buffers = rnn.fused_buffers(T, B)
+        rows = self._rows(B, K)
+        optimizer = self.optimizer
+        code, hyper, state_1, state_2 = optimizer.fused_arguments()
+        W, U, b = rnn.kernel_arguments()
+        dW, dU, db = rnn.gradient_arguments()
+        V, c = dense.kernel_arguments()
+        dV, dc = dense.gradient_arguments()
+        loss, correct = kernels().rnn_dense_xent_train_step(
+            self._params, self._grads, state_1, state_2,
+            buffers["hs"], buffers["work"], buffers["dz"],
+            rows.logits, rows.probabilities, rows.gradient, buffers["dh_last"],
+            inputs, targets, buffers["no_dx"],
+            W, U, b, V, c, dW, dU, db, dV, dc,
+            rnn.activation_code, code, hyper,
+        )  # fmt: skip
+        if not math.isfinite(loss):
+            optimizer.iterations -= 1
+        accuracy = correct / B if self._accuracy_name is not None else None
+        return loss, accuracy
+
     def _train_converted(self, inputs, targets):
+        fused = self._fused_layers()
+        if fused is not None:
+            loss, accuracy = self._train_fused(*fused, inputs, targets)
+            if not math.isfinite(loss):
+                self._warn_non_finite(loss)
+            return loss, accuracy
         loss, accuracy, _ = self._loss_on_batch(inputs, targets, need_gradient=True)
         if not math.isfinite(loss):
-            warnings.warn(
-                f"the loss is {loss}; this batch's update was skipped and the "
-                "weights kept their last finite values",
-                FastRNNWarning,
-                stacklevel=3,
-            )
+            self._warn_non_finite(loss)
             return loss, accuracy
         optimizer = self.optimizer
         if optimizer.clipnorm is not None or optimizer.clipvalue is not None:
@@ -543,6 +592,15 @@ class Sequential:
             )
         optimizer.apply(self._params, self._grads)
         return loss, accuracy
+
+    @staticmethod
+    def _warn_non_finite(loss):
+        warnings.warn(
+            f"the loss is {loss}; this batch's update was skipped and the "
+            "weights kept their last finite values",
+            FastRNNWarning,
+            stacklevel=4,
+        )
 
     def test_on_batch(self, x, y, return_dict=False):
         """Loss (and accuracy) of one batch, without updating the weights."""

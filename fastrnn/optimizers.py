@@ -75,6 +75,7 @@ class Optimizer:
         )
         self.iterations = 0
         self._size = None
+        self._hyper_array = np.zeros(4)
 
     @property
     def lr(self):
@@ -111,6 +112,20 @@ class Optimizer:
     def state(self):
         """The state vectors, in a fixed order (for saving)."""
         return []
+
+    def fused_arguments(self):
+        """Count one more step and return (code, hyper, state_1, state_2).
+
+        These are the optimizer arguments of the fused train-step kernel; see
+        ``optimizer_update`` in the kernels.
+        """
+        self.iterations += 1
+        state = self.state()
+        first = state[0]
+        second = state[1] if len(state) > 1 else first
+        values = self._hyper()
+        self._hyper_array[: len(values)] = values
+        return self._code, self._hyper_array, first, second
 
     def get_config(self):
         config = {"learning_rate": self.learning_rate}
@@ -159,18 +174,12 @@ class Adam(Optimizer):
         self.v = np.zeros(size, dtype=np.float32)
 
     def _update(self, weights, gradient):
-        t = self.iterations
-        alpha = (
-            self.learning_rate
-            * math.sqrt(1.0 - self.beta_2**t)
-            / (1.0 - self.beta_1**t)
-        )
         kernels().adam_update(
             weights,
             gradient,
             self.m,
             self.v,
-            alpha,
+            self._alpha(),
             self.beta_1,
             self.beta_2,
             self.epsilon,
@@ -178,6 +187,19 @@ class Adam(Optimizer):
 
     def state(self):
         return [self.m, self.v]
+
+    _code = 0
+
+    def _alpha(self):
+        t = self.iterations
+        return (
+            self.learning_rate
+            * math.sqrt(1.0 - self.beta_2**t)
+            / (1.0 - self.beta_1**t)
+        )
+
+    def _hyper(self):
+        return (self._alpha(), self.beta_1, self.beta_2, self.epsilon)
 
     def get_config(self):
         config = super().get_config()
@@ -218,6 +240,11 @@ class SGD(Optimizer):
 
     def state(self):
         return [self.velocity]
+
+    _code = 1
+
+    def _hyper(self):
+        return (self.learning_rate, self.momentum, 1.0 if self.nesterov else 0.0)
 
     def get_config(self):
         config = super().get_config()
@@ -262,6 +289,11 @@ class RMSprop(Optimizer):
 
     def state(self):
         return [self.velocity]
+
+    _code = 2
+
+    def _hyper(self):
+        return (self.learning_rate, self.rho, self.epsilon)
 
     def get_config(self):
         config = super().get_config()

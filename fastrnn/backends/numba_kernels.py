@@ -346,3 +346,121 @@ def rmsprop_update(w, g, velocity, learning_rate, rho, epsilon):
         gi = g[i]
         velocity[i] = r * velocity[i] + (np.float32(1.0) - r) * gi * gi
         w[i] -= lr * gi / (np.sqrt(velocity[i]) + eps)
+
+
+# --------------------------------------------------------------------------
+# the whole train step of SimpleRNN -> Dense -> softmax cross-entropy
+
+ADAM, SGD, RMSPROP = 0, 1, 2
+
+
+@kernel
+def optimizer_update(w, g, state_1, state_2, optimizer, hyper):
+    """Dispatch to the update of ``optimizer`` (ADAM, SGD, RMSPROP).
+
+    hyper: ADAM (alpha_t, beta_1, beta_2, epsilon); SGD (learning_rate, momentum,
+    nesterov); RMSPROP (learning_rate, rho, epsilon).
+    """
+    if optimizer == ADAM:
+        adam_update(w, g, state_1, state_2, hyper[0], hyper[1], hyper[2], hyper[3])
+    elif optimizer == SGD:
+        sgd_update(w, g, state_1, hyper[0], hyper[1], hyper[2] != 0.0)
+    else:
+        rmsprop_update(w, g, state_1, hyper[0], hyper[1], hyper[2])
+
+
+@kernel
+def count_correct(p, y):
+    """Rows whose first maximum of p is at the first maximum of y.  (N, K)."""
+    N, K = p.shape
+    correct = 0
+    for i in range(N):
+        best_p = 0
+        best_y = 0
+        for k in range(1, K):
+            if p[i, k] > p[i, best_p]:
+                best_p = k
+            if y[i, k] > y[i, best_y]:
+                best_y = k
+        if best_p == best_y:
+            correct += 1
+    return correct
+
+
+@kernel
+def rnn_dense_xent_train_step(
+    params,
+    grads,
+    state_1,
+    state_2,
+    hs,
+    work,
+    dz,
+    logits,
+    probs,
+    dlogits,
+    dh_last,
+    x_tm,
+    y,
+    no_dx,
+    W,
+    U,
+    b,
+    V,
+    c,
+    dW,
+    dU,
+    db,
+    dV,
+    dc,
+    activation,
+    optimizer,
+    hyper,
+):
+    """Forward, loss, BPTT and optimizer update of SimpleRNN -> Dense -> softmax.
+
+    params, grads (P,)  flat weights (W, U, b, V, c are views of params) and
+                        gradients (dW, dU, db, dV, dc are views of grads)
+    state_1, state_2 (P,)  optimizer state (see optimizer_update)
+    hs (T, B, H), work (2, B, H), dz (T, B, H)  as in rnn_forward/rnn_backward
+    logits, probs, dlogits (B, K), dh_last (1, B, H)  scratch
+    x_tm (T, B, D)  input, time-major;  y (B, K)  target distributions
+    no_dx (0, 0, 0)  tells rnn_backward to skip the input gradient
+
+    Returns (mean loss, number of correct rows).  A loss that is not finite
+    leaves params and the optimizer state untouched.
+    """
+    T = x_tm.shape[0]
+
+    # forward
+    rnn_forward(hs, work, x_tm, W, U, b, activation)
+    h_last = hs[T - 1]
+    dense_forward(logits, h_last, V, c)
+
+    # loss, fused with the softmax
+    loss = softmax_xent_forward(probs, logits, y)
+    correct = count_correct(probs, y)
+    if not np.isfinite(loss):
+        return loss, correct
+
+    # backward
+    softmax_xent_backward(dlogits, probs, y)
+    dense_backward(dV, dc, dh_last[0], dlogits, h_last, V)
+    rnn_backward(
+        dW,
+        dU,
+        db,
+        no_dx,
+        dz,
+        work,
+        dh_last,
+        hs,
+        x_tm,
+        W,
+        U,
+        activation,
+    )
+
+    # update
+    optimizer_update(params, grads, state_1, state_2, optimizer, hyper)
+    return loss, correct
