@@ -533,6 +533,8 @@ class Sequential:
         a cross-entropy loss and no gradient clipping.
         """
         layers = self.layers
+        if not hasattr(kernels(), "rnn_dense_xent_train_step"):
+            return None
         if not self._fuses_softmax() or self.optimizer.clipnorm is not None:
             return None
         if self.optimizer.clipvalue is not None:

@@ -121,18 +121,38 @@ def rnn_forward(hs, work, x_tm, W, U, b, activation):
     H = W.shape[1]
 
     # The input projection of every step is one product; only h U is sequential.
-    hs2 = hs.reshape(T * B, H)
-    np.dot(x_tm.reshape(T * B, D), W, hs2)
-    for i in range(T * B):
-        hs2[i] += b
-    activation_forward(hs[0].reshape(B * H), hs[0].reshape(B * H), activation)
-
+    np.dot(x_tm.reshape(T * B, D), W, hs.reshape(T * B, H))
     step = work[0]
+    step[:] = 0
+    add_step_activate(hs[0], step, b, activation)
     for t in range(1, T):
         np.dot(hs[t - 1], U, step)
-        ht = hs[t]
-        ht += step
-        activation_forward(ht.reshape(B * H), ht.reshape(B * H), activation)
+        add_step_activate(hs[t], step, b, activation)
+
+
+@kernel
+def add_step_activate(h, step, b, activation):
+    """h = act(h + b + step), one pass over memory.  h, step (B, H), b (H,)."""
+    B, H = h.shape
+    half = np.float32(0.5)
+    zero = np.float32(0.0)
+    # The activation branch sits outside the loops so that each loop vectorises.
+    if activation == TANH:
+        for i in range(B):
+            for j in range(H):
+                h[i, j] = tanh32(h[i, j] + b[j] + step[i, j])
+    elif activation == RELU:
+        for i in range(B):
+            for j in range(H):
+                h[i, j] = max(h[i, j] + b[j] + step[i, j], zero)
+    elif activation == SIGMOID:
+        for i in range(B):
+            for j in range(H):
+                h[i, j] = half + half * tanh32(half * (h[i, j] + b[j] + step[i, j]))
+    else:
+        for i in range(B):
+            for j in range(H):
+                h[i, j] = h[i, j] + b[j] + step[i, j]
 
 
 @kernel
