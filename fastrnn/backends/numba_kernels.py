@@ -358,14 +358,18 @@ def sgd_update(w, g, velocity, learning_rate, momentum, nesterov):
 
 @kernel
 def rmsprop_update(w, g, velocity, learning_rate, rho, epsilon):
-    """RMSprop: v = rho v + (1 - rho) g^2;  w -= lr g / (sqrt(v) + epsilon)."""
+    """RMSprop: v = rho v + (1 - rho) g^2;  w -= lr g / sqrt(v + epsilon).
+
+    epsilon sits inside the root, as in Keras 3 (Keras 2 and PyTorch add it
+    outside).
+    """
     lr = np.float32(learning_rate)
     r = np.float32(rho)
     eps = np.float32(epsilon)
     for i in range(w.size):
         gi = g[i]
         velocity[i] = r * velocity[i] + (np.float32(1.0) - r) * gi * gi
-        w[i] -= lr * gi / (np.sqrt(velocity[i]) + eps)
+        w[i] -= lr * gi / np.sqrt(velocity[i] + eps)
 
 
 # --------------------------------------------------------------------------
