@@ -48,6 +48,12 @@ def _as_numeric(value, argument):
             f"{argument} must hold real numbers (float, int or bool), got dtype "
             f"{array.dtype}"
         )
+    # The compiled converters know only native byte order and no float16; both
+    # conversions are exact.
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
     return array
 
 
