@@ -7,8 +7,6 @@ values 0..16. Read row by row, each image is a sequence of 8 steps of 8 features
 import numbers
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 
 def load_data(test_size=0.3, random_state=None):
@@ -38,6 +36,11 @@ def load_data(test_size=0.3, random_state=None):
     ValueError
         If ``test_size`` is not a float in (0, 1) or an int in [1, 1796].
     """
+    # scikit-learn is imported here, not at module level: it costs about 80 MB
+    # of memory that an MNIST-only program does not need.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     images = digits.images.astype(np.float32)
     labels = digits.target.astype(np.int64)
