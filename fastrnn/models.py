@@ -17,8 +17,8 @@ import warnings
 
 import numpy as np
 
+from fastrnn import activations, losses, optimizers
 from fastrnn import callbacks as callbacks_module
-from fastrnn import losses, optimizers
 from fastrnn._warnings import FastRNNWarning
 from fastrnn.backends import _threads, convert, kernels
 from fastrnn.layers import Activation, Dense, Layer, SimpleRNN
@@ -454,7 +454,55 @@ class Sequential:
             self._row_buffers[(N, K)] = buffers
         return buffers
 
+    def _inference_layers(self):
+        """(SimpleRNN, Dense, Activation or None) when one parallel kernel can run
+        inference: SimpleRNN without sequences -> Dense [-> Activation]."""
+        layers = self.layers
+        if not hasattr(kernels(), "rnn_dense_predict") or len(layers) not in (2, 3):
+            return None
+        rnn, dense = layers[0], layers[1]
+        if not isinstance(rnn, SimpleRNN) or rnn.return_sequences:
+            return None
+        if not isinstance(dense, Dense):
+            return None
+        if len(layers) == 3 and not isinstance(layers[2], Activation):
+            return None
+        return rnn, dense, layers[2] if len(layers) == 3 else None
+
+    def _inference_output(self, x, stop_at_logits):
+        """Output (B, K) of a model that ``_inference_layers`` accepts.
+
+        ``x`` is (B, T, D) in any real dtype and layout; it is converted chunk by
+        chunk inside the kernel, so no float32 copy of the whole input is made.
+        """
+        rnn, dense, activation = self._inference_layers()
+        out = np.empty((x.shape[0], dense.units), dtype=np.float32)
+        # The kernel spreads chunks over the cores; BLAS must not add threads.
+        _threads.use_threads_for_batch(1)
+        finite = kernels().rnn_dense_predict(
+            out, x, *rnn.kernel_arguments(), *dense.kernel_arguments(),
+            rnn.activation_code,
+        )  # fmt: skip
+        if not finite:
+            raise ValueError("x contains NaN or infinite values")
+        for layer in (dense, activation):
+            if layer is None or layer.activation == "linear":
+                continue
+            if layer.produces_softmax:
+                if stop_at_logits:
+                    break
+                kernels().softmax_forward(out, out.copy())
+            else:
+                flat = out.reshape(-1)
+                kernels().activation_forward(
+                    flat, flat, activations.ELEMENTWISE[layer.activation]
+                )
+        return out
+
     def _forward(self, inputs, training, stop_at_logits):
+        if not training and self._inference_layers() is not None:
+            # inputs is time-major; the kernel reads any layout.
+            return self._inference_output(inputs.transpose(1, 0, 2), stop_at_logits)
         out = inputs
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
@@ -486,6 +534,14 @@ class Sequential:
         """
         fused = self._fuses_softmax()
         out = self._forward(inputs, need_gradient, stop_at_logits=fused)
+        return self._loss_of_output(out, targets, need_gradient)
+
+    def _loss_of_output(self, out, targets, need_gradient):
+        """Loss, accuracy and scores of the last layer's output ``out``.
+
+        ``out`` holds logits when the softmax is fused with the loss.
+        """
+        fused = self._fuses_softmax()
         K = out.shape[-1]
         rows = out.reshape(-1, K)
         if fused:
@@ -650,6 +706,8 @@ class Sequential:
         self._require_compiled("predict")
         batch_size = _check_batch_size(batch_size)
         x = self._check_x(x)
+        if self._inference_layers() is not None:
+            return self._inference_output(x, stop_at_logits=False)
         parts = []
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start : start + batch_size]
@@ -681,6 +739,14 @@ class Sequential:
 
     def _evaluate_checked(self, x, y, batch_size):
         n = x.shape[0]
+        if self._inference_layers() is not None:
+            # Rows are independent, so one pass over all samples gives the same
+            # sample-weighted mean as batch by batch, with bounded memory.
+            out = self._inference_output(x, stop_at_logits=self._fuses_softmax())
+            loss, accuracy, _ = self._loss_of_output(
+                out, self._convert_y(y, n), need_gradient=False
+            )
+            return loss, accuracy
         loss_sum = accuracy_sum = 0.0
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)

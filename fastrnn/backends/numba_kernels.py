@@ -22,8 +22,10 @@ A C implementation with the same names and argument order lives in ``csrc/``.
 """
 
 import numpy as np
+from numba import prange
 
-from fastrnn.backends._jit import kernel
+from fastrnn.backends._jit import kernel, parallel_kernel
+from fastrnn.backends.convert import sequence_to_time_major
 
 LINEAR, TANH, RELU, SIGMOID = 0, 1, 2, 3
 
@@ -488,3 +490,43 @@ def rnn_dense_xent_train_step(
     # update
     optimizer_update(params, grads, state_1, state_2, optimizer, hyper)
     return loss, correct
+
+
+# --------------------------------------------------------------------------
+# inference of SimpleRNN -> Dense on many samples, both cores
+
+# Rows per chunk: small enough that a chunk's buffers stay in the L2 cache, large
+# enough that each product is worth a BLAS call.
+PREDICT_CHUNK = 256
+
+
+@parallel_kernel
+def rnn_dense_predict(logits, x, W, U, b, V, c, activation):
+    """logits = h_T V + c for every sample, in chunks spread over the cores.
+
+    logits (B, K) out;  x (B, T, D) any real dtype and layout (converted here)
+    W (D, H), U (H, H), b (H,), V (H, K), c (K,)
+
+    Only the current and previous hidden states are kept, so memory does not
+    grow with T.  Returns False if x holds a value that is not finite in float32.
+    """
+    B, T, D = x.shape
+    H = W.shape[1]
+    n_chunks = (B + PREDICT_CHUNK - 1) // PREDICT_CHUNK
+    finite = np.ones(n_chunks, dtype=np.bool_)
+    for chunk in prange(n_chunks):
+        start = chunk * PREDICT_CHUNK
+        stop = min(B, start + PREDICT_CHUNK)
+        n = stop - start
+        x_tm = np.empty((T, n, D), dtype=np.float32)
+        finite[chunk] = sequence_to_time_major(x_tm, x[start:stop])
+        h = np.empty((2, n, H), dtype=np.float32)
+        step = np.zeros((n, H), dtype=np.float32)
+        for t in range(T):
+            current = h[t % 2]
+            np.dot(x_tm[t], W, current)
+            if t > 0:
+                np.dot(h[(t - 1) % 2], U, step)
+            add_step_activate(current, step, b, activation)
+        dense_forward(logits[start:stop], h[(T - 1) % 2], V, c)
+    return finite.all()
