@@ -1,11 +1,90 @@
 """Build script for fastrnn.
 
 The Numba kernels need no build step.  The optional C backend (``csrc/`` wrapped
-by a Cython extension) is compiled when Cython, NumPy and a C compiler are
-available; otherwise the package installs without it and says so.
+by a Cython extension) is compiled when Cython, SciPy and a C compiler are
+available; otherwise the package installs without it and says so.  Either way
+the install succeeds: ``fastrnn.backends.set_backend('cython')`` then warns and
+falls back to Numba.
 """
 
-from setuptools import find_packages, setup
+import os
+import sys
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+# -O3 so that the element-wise loops vectorise; -fno-math-errno so that the ones
+# calling sqrtf do too, and -fno-trapping-math so that GCC turns the selects of
+# tanh and exp into blends (nothing here reads errno or the floating-point
+# exception flags; NaN and inf semantics are kept).  -march=native is safe for
+# `pip install .`, which compiles on the machine that runs the code; set
+# FASTRNN_PORTABLE=1 when building a wheel for other machines.  A compiler that
+# rejects a flag gets a second try with the portable flags alone.
+PORTABLE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+NATIVE_FLAGS = ["-march=native"]
+MSVC_FLAGS = ["/O2"]
+
+
+def _say(message):
+    print(f"fastrnn: {message}", file=sys.stderr, flush=True)
+
+
+def _compile_flag_sets(compiler_type):
+    if compiler_type == "msvc":
+        return [MSVC_FLAGS]
+    if os.environ.get("FASTRNN_PORTABLE", "") not in ("", "0"):
+        return [PORTABLE_FLAGS]
+    return [PORTABLE_FLAGS + NATIVE_FLAGS, PORTABLE_FLAGS]
+
+
+class OptionalBuildExt(build_ext):
+    """Build the C backend when possible, and never fail the install over it."""
+
+    def run(self):
+        try:
+            # Imported here, not at the top, so that a missing Cython (or a
+            # SciPy without its .pxd files) only costs the extension.
+            from Cython.Build import cythonize
+
+            # Only the sources are taken from cythonize's copies: setuptools has
+            # already prepared the Extension objects themselves.
+            for ext in self.extensions:
+                (translated,) = cythonize(
+                    [ext], language_level=3, quiet=True, force=self.force
+                )
+                ext.sources = translated.sources
+            super().run()
+        except Exception as error:
+            _say(f"building without the C backend: {_reason(error)}")
+
+    def build_extension(self, ext):
+        error = None
+        for flags in _compile_flag_sets(self.compiler.compiler_type):
+            ext.extra_compile_args = flags
+            try:
+                super().build_extension(ext)
+            except Exception as caught:
+                error = caught
+                continue
+            _say(f"built the C backend ({' '.join(flags)})")
+            return
+        raise error
+
+
+def _reason(error):
+    # The last line names the failure; a compiler's full command line can run
+    # to hundreds of characters, so it is cut.
+    text = str(error).strip()
+    line = text.splitlines()[-1] if text else type(error).__name__
+    return line if len(line) <= 240 else line[:237] + "..."
+
+
+C_BACKEND = Extension(
+    "fastrnn.backends.cython_kernels",
+    sources=["fastrnn/backends/cython_kernels.pyx", "csrc/fastrnn_kernels.c"],
+    include_dirs=["csrc"],
+    depends=["csrc/fastrnn_kernels.h", "fastrnn/backends/cython_kernels.pxd"],
+)
 
 setup(
     name="fastrnn",
@@ -20,6 +99,7 @@ setup(
         "numba>=0.59",
         "scipy>=1.10",
         "scikit-learn>=1.3",
+        "threadpoolctl>=3.1",
         "pooch>=1.8",
         "tqdm>=4.66",
         "h5py>=3.9",
@@ -29,4 +109,6 @@ setup(
         "plot": ["matplotlib>=3.7"],
         "tf": ["tensorflow-cpu>=2.16"],
     },
+    ext_modules=[C_BACKEND],
+    cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -1,0 +1,439 @@
+/*
+ * C kernels of fastrnn, the twins of fastrnn/backends/numba_kernels.py.
+ *
+ * Each kernel follows the arithmetic of its Numba twin step for step (same
+ * float32/float64 mix, same summation order where the loop is ours, the same
+ * tanh approximation), so the two backends agree to rounding.
+ */
+
+#include "fastrnn_kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+/* --------------------------------------------------------------------------
+ * helpers
+ */
+
+/*
+ * Row-major C (M, N) = op(A) op(B) + beta C with a column-major sgemm, where
+ * op(X) is X or X^T.  A row-major matrix read column-major is its transpose,
+ * so the call computes C^T = op(B)^T op(A)^T: the operands and M, N swap and
+ * the transpose flags carry over unchanged.  lda, ldb, ldc are the row
+ * lengths of A, B, C as stored.
+ */
+static void gemm_rm(fr_sgemm_fn sgemm, int trans_a, int trans_b, int M, int N,
+                    int K, const float *A, int lda, const float *Bm, int ldb,
+                    float beta, float *C, int ldc)
+{
+    char ta = trans_a ? 'T' : 'N';
+    char tb = trans_b ? 'T' : 'N';
+    float alpha = 1.0f;
+
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {
+        /* An empty sum; BLAS would reject the leading dimensions of 0. */
+        for (int i = 0; i < M; i++) {
+            float *row = C + (ptrdiff_t)i * ldc;
+            for (int j = 0; j < N; j++)
+                row[j] = beta == 0.0f ? 0.0f : beta * row[j];
+        }
+        return;
+    }
+    /* The Fortran interface takes every argument by non-const pointer; A and B
+     * are only read. */
+    sgemm(&tb, &ta, &N, &M, &K, &alpha, (float *)Bm, &ldb, (float *)A, &lda, &beta, C,
+          &ldc);
+}
+
+/* y (N, K) = c (K,) in every row, so a product can then accumulate onto it. */
+static void fill_rows(float *y, const float *c, ptrdiff_t N, int K)
+{
+    for (ptrdiff_t i = 0; i < N; i++)
+        memcpy(y + i * K, c, (size_t)K * sizeof(float));
+}
+
+/* out (K,) = sum over the N rows of a (N, K), row by row as Numba does. */
+static void column_sums(float *out, const float *a, ptrdiff_t N, int K)
+{
+    for (int k = 0; k < K; k++)
+        out[k] = 0.0f;
+    for (ptrdiff_t i = 0; i < N; i++) {
+        const float *row = a + i * K;
+        for (int k = 0; k < K; k++)
+            out[k] += row[k];
+    }
+}
+
+/*
+ * tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 and +-1 beyond: the rational fit of
+ * numba_kernels.TANH_*, evaluated the same way, so both backends share one
+ * approximation (within 4e-7 of tanh).  glibc's tanhf is a scalar call of
+ * about 19 ns; this has no branches, vectorises, and costs well under 1 ns.
+ */
+static inline float fast_tanhf(float x)
+{
+    float s, p, q;
+
+    /* Written as max then min with the comparisons of Numba's builtins, so a
+     * NaN passes through as a NaN. */
+    x = -9.0f > x ? -9.0f : x;
+    x = 9.0f < x ? 9.0f : x;
+    s = x * x;
+    p = 1.825614659e-11f;
+    p = p * s - 1.278083062e-08f;
+    p = p * s + 9.267563655e-06f;
+    p = p * s + 2.920778701e-03f;
+    p = p * s + 1.291924417e-01f;
+    p = p * s + 9.999999404e-01f;
+    q = 2.281024645e-04f;
+    q = q * s + 2.376323938e-02f;
+    q = q * s + 4.625252783e-01f;
+    q = q * s + 1.0f;
+    return x * p / q;
+}
+
+/* sigmoid(z) = (1 + tanh(z / 2)) / 2 reuses the vectorised tanh. */
+static inline float fast_sigmoidf(float z)
+{
+    return 0.5f + 0.5f * fast_tanhf(0.5f * z);
+}
+
+/* --------------------------------------------------------------------------
+ * element-wise activations
+ */
+
+void fr_activation_forward(float *out, const float *z, ptrdiff_t M, int activation)
+{
+    /* out (M,), z (M,); out may be z */
+    switch (activation) {
+    case FR_TANH:
+        for (ptrdiff_t i = 0; i < M; i++)
+            out[i] = fast_tanhf(z[i]);
+        break;
+    case FR_RELU:
+        /* max(z, 0) as Numba's builtin computes it: a NaN stays a NaN, which
+         * the finiteness checks above the kernels rely on. */
+        for (ptrdiff_t i = 0; i < M; i++)
+            out[i] = 0.0f > z[i] ? 0.0f : z[i];
+        break;
+    case FR_SIGMOID:
+        for (ptrdiff_t i = 0; i < M; i++)
+            out[i] = fast_sigmoidf(z[i]);
+        break;
+    default:
+        if (out != z)
+            memmove(out, z, (size_t)M * sizeof(float));
+    }
+}
+
+void fr_activation_backward(float *dz, const float *dout, const float *out,
+                            ptrdiff_t M, int activation)
+{
+    /* dz (M,), dout (M,), out (M,) = act(z); dz may be dout */
+    switch (activation) {
+    case FR_TANH:
+        for (ptrdiff_t i = 0; i < M; i++)
+            dz[i] = dout[i] * (1.0f - out[i] * out[i]);
+        break;
+    case FR_RELU:
+        for (ptrdiff_t i = 0; i < M; i++)
+            dz[i] = out[i] > 0.0f ? dout[i] : 0.0f;
+        break;
+    case FR_SIGMOID:
+        for (ptrdiff_t i = 0; i < M; i++)
+            dz[i] = dout[i] * out[i] * (1.0f - out[i]);
+        break;
+    default:
+        if (dz != dout)
+            memmove(dz, dout, (size_t)M * sizeof(float));
+    }
+}
+
+/* --------------------------------------------------------------------------
+ * SimpleRNN
+ */
+
+void fr_rnn_forward(float *hs, const float *x_tm, const float *W, const float *U,
+                    const float *b, int T, int B, int D, int H, int activation,
+                    fr_sgemm_fn sgemm)
+{
+    /* hs (T, B, H) out; x_tm (T, B, D), W (D, H), U (H, H), b (H,) */
+    const ptrdiff_t step = (ptrdiff_t)B * H;
+
+    if (T <= 0)
+        return;
+
+    /* The input projection of every step is one product, accumulated onto the
+     * bias; only h U is sequential, and it accumulates onto hs[t] in place, so
+     * unlike the Numba twin no scratch buffer is needed. */
+    fill_rows(hs, b, (ptrdiff_t)T * B, H);
+    gemm_rm(sgemm, 0, 0, T * B, H, D, x_tm, D, W, H, 1.0f, hs, H);
+    fr_activation_forward(hs, hs, step, activation);
+
+    for (int t = 1; t < T; t++) {
+        float *h = hs + t * step;
+        gemm_rm(sgemm, 0, 0, B, H, H, h - step, H, U, H, 1.0f, h, H);
+        fr_activation_forward(h, h, step, activation);
+    }
+}
+
+void fr_rnn_backward(float *dW, float *dU, float *db, float *dx_tm, float *dz,
+                     const float *dh_out, const float *hs, const float *x_tm,
+                     const float *W, const float *U, int T, int B, int D, int H,
+                     int dh_steps, int activation, fr_sgemm_fn sgemm)
+{
+    /*
+     * dW (D, H), dU (H, H), db (H,)  out: overwritten, not accumulated
+     * dx_tm (T, B, D)                out, or NULL to skip
+     * dz (T, B, H)                   out: gradient of every pre-activation
+     * dh_out (dh_steps, B, H)        dh_steps = T: every step's output,
+     *                                dh_steps = 1: the last step's only
+     * hs (T, B, H), x_tm (T, B, D), W (D, H), U (H, H) as in the forward pass
+     */
+    const ptrdiff_t step = (ptrdiff_t)B * H;
+    const int every_step = dh_steps == T && T > 1;
+
+    if (T <= 0) {
+        memset(dW, 0, (size_t)D * H * sizeof(float));
+        memset(dU, 0, (size_t)H * H * sizeof(float));
+        memset(db, 0, (size_t)H * sizeof(float));
+        return;
+    }
+
+    /* BPTT: dz_{t-1} = (dz_t U^T + dh_out_{t-1}) * act'(h_{t-1}).  The product
+     * writes straight into dz_{t-1}, which therefore needs no scratch. */
+    fr_activation_backward(dz + (T - 1) * step, dh_out + (dh_steps - 1) * step,
+                           hs + (T - 1) * step, step, activation);
+    for (int t = T - 1; t > 0; t--) {
+        float *dz_prev = dz + (t - 1) * step;
+        float beta = 0.0f;
+        if (every_step) {
+            memcpy(dz_prev, dh_out + (t - 1) * step, (size_t)step * sizeof(float));
+            beta = 1.0f;
+        }
+        gemm_rm(sgemm, 0, 1, B, H, H, dz + t * step, H, U, H, beta, dz_prev, H);
+        fr_activation_backward(dz_prev, dz_prev, hs + (t - 1) * step, step,
+                               activation);
+    }
+
+    /* The weight gradients are one product each over all steps. */
+    gemm_rm(sgemm, 1, 0, D, H, T * B, x_tm, D, dz, H, 0.0f, dW, H);
+    /* h_{t-1} pairs with dz_t; with T = 1 the sum is empty and dU = 0. */
+    gemm_rm(sgemm, 1, 0, H, H, (T - 1) * B, hs, H, dz + step, H, 0.0f, dU, H);
+    column_sums(db, dz, (ptrdiff_t)T * B, H);
+    if (dx_tm != NULL)
+        gemm_rm(sgemm, 0, 1, T * B, D, H, dz, H, W, H, 0.0f, dx_tm, D);
+}
+
+/* --------------------------------------------------------------------------
+ * Dense
+ */
+
+void fr_dense_forward(float *y, const float *x, const float *V, const float *c,
+                      int N, int H, int K, fr_sgemm_fn sgemm)
+{
+    /* y (N, K) out; x (N, H), V (H, K), c (K,) */
+    fill_rows(y, c, N, K);
+    gemm_rm(sgemm, 0, 0, N, K, H, x, H, V, K, 1.0f, y, K);
+}
+
+void fr_dense_backward(float *dV, float *dc, float *dx, const float *dy,
+                       const float *x, const float *V, int N, int H, int K,
+                       fr_sgemm_fn sgemm)
+{
+    /*
+     * dV (H, K), dc (K,)  out: overwritten
+     * dx (N, H)           out, or NULL to skip
+     * dy (N, K), x (N, H), V (H, K)
+     */
+    gemm_rm(sgemm, 1, 0, H, K, N, x, H, dy, K, 0.0f, dV, K);
+    column_sums(dc, dy, N, K);
+    if (dx != NULL)
+        gemm_rm(sgemm, 0, 1, N, H, K, dy, K, V, K, 0.0f, dx, H);
+}
+
+/* --------------------------------------------------------------------------
+ * softmax and losses
+ *
+ * These rows are short (K classes) and run once per batch, so they use libm's
+ * expf and logf, as the Numba twin does.
+ */
+
+void fr_softmax_forward(float *p, const float *z, int N, int K)
+{
+    /* p (N, K) out, z (N, K); p may be z: every z is read before p is written */
+    for (int i = 0; i < N; i++) {
+        const float *zi = z + (ptrdiff_t)i * K;
+        float *pi = p + (ptrdiff_t)i * K;
+        float m = K > 0 ? zi[0] : 0.0f;
+        float s = 0.0f;
+
+        /* Shift by the row maximum so no exp overflows. */
+        for (int k = 1; k < K; k++)
+            if (zi[k] > m)
+                m = zi[k];
+        for (int k = 0; k < K; k++) {
+            float e = expf(zi[k] - m);
+            pi[k] = e;
+            s += e;
+        }
+        for (int k = 0; k < K; k++)
+            pi[k] /= s;
+    }
+}
+
+void fr_softmax_backward(float *dz, const float *dp, const float *p, int N, int K)
+{
+    /* dz (N, K) out, dp (N, K), p (N, K); dz may be dp */
+    for (int i = 0; i < N; i++) {
+        const float *dpi = dp + (ptrdiff_t)i * K;
+        const float *pi = p + (ptrdiff_t)i * K;
+        float *dzi = dz + (ptrdiff_t)i * K;
+        float s = 0.0f;
+
+        for (int k = 0; k < K; k++)
+            s += dpi[k] * pi[k];
+        for (int k = 0; k < K; k++)
+            dzi[k] = pi[k] * (dpi[k] - s);
+    }
+}
+
+double fr_softmax_xent_forward(float *p, const float *logits, const float *y, int N,
+                               int K)
+{
+    /* p (N, K) out, logits (N, K), y (N, K) target distribution */
+    double total = 0.0;
+
+    for (int i = 0; i < N; i++) {
+        const float *zi = logits + (ptrdiff_t)i * K;
+        const float *yi = y + (ptrdiff_t)i * K;
+        float *pi = p + (ptrdiff_t)i * K;
+        float m = K > 0 ? zi[0] : 0.0f;
+        float s = 0.0f;
+        float log_s, row = 0.0f;
+
+        for (int k = 1; k < K; k++)
+            if (zi[k] > m)
+                m = zi[k];
+        for (int k = 0; k < K; k++) {
+            float e = expf(zi[k] - m);
+            pi[k] = e;
+            s += e;
+        }
+
+        /* log p = z - m - log s is finite even where p underflows to 0, so
+         * the loss needs no clipping. */
+        log_s = logf(s);
+        for (int k = 0; k < K; k++) {
+            pi[k] /= s;
+            if (yi[k] != 0.0f)
+                row -= yi[k] * (zi[k] - m - log_s);
+        }
+        total += row;
+    }
+    return N > 0 ? total / N : NAN;
+}
+
+void fr_softmax_xent_backward(float *dlogits, const float *p, const float *y, int N,
+                              int K)
+{
+    /*
+     * dlogits (N, K) out, p (N, K) from the forward pass, y (N, K).
+     * The mean over rows puts 1 / N on every row; sum_k y_k is 1 for one-hot
+     * targets but is kept so that unnormalised targets get the true gradient.
+     */
+    const float inv_n = (float)(1.0 / N);
+
+    for (int i = 0; i < N; i++) {
+        const float *pi = p + (ptrdiff_t)i * K;
+        const float *yi = y + (ptrdiff_t)i * K;
+        float *di = dlogits + (ptrdiff_t)i * K;
+        float s = 0.0f;
+
+        for (int k = 0; k < K; k++)
+            s += yi[k];
+        for (int k = 0; k < K; k++)
+            di[k] = (pi[k] * s - yi[k]) * inv_n;
+    }
+}
+
+int fr_sparse_to_onehot(float *y, const int64_t *labels, int N, int K)
+{
+    /* y (N, K) out, labels (N,); returns how many labels fall outside [0, K),
+     * whose rows stay 0, so that the caller can refuse them instead of this
+     * kernel writing out of bounds. */
+    int bad = 0;
+
+    memset(y, 0, (size_t)N * K * sizeof(float));
+    for (int i = 0; i < N; i++) {
+        if (labels[i] < 0 || labels[i] >= K) {
+            bad++;
+            continue;
+        }
+        y[(ptrdiff_t)i * K + labels[i]] = 1.0f;
+    }
+    return bad;
+}
+
+/* --------------------------------------------------------------------------
+ * optimizers on flat parameter vectors
+ *
+ * The hyperparameters arrive as double and are rounded to float the way the
+ * Numba twin rounds them, e.g. 1 - beta_1 is formed in double first.
+ */
+
+void fr_adam_update(float *w, const float *g, float *m, float *v, ptrdiff_t P,
+                    double alpha, double beta_1, double beta_2, double epsilon)
+{
+    /* w, g, m, v (P,); alpha already carries the bias corrections, and epsilon
+     * is added to sqrt(v), not to the corrected sqrt(v_hat) (Keras' form). */
+    const float a = (float)alpha;
+    const float b1 = (float)(1.0 - beta_1);
+    const float b2 = (float)(1.0 - beta_2);
+    const float eps = (float)epsilon;
+
+    for (ptrdiff_t i = 0; i < P; i++) {
+        float gi = g[i];
+        m[i] += (gi - m[i]) * b1;
+        v[i] += (gi * gi - v[i]) * b2;
+        w[i] -= (m[i] * a) / (sqrtf(v[i]) + eps);
+    }
+}
+
+void fr_sgd_update(float *w, const float *g, float *velocity, ptrdiff_t P,
+                   double learning_rate, double momentum, int nesterov)
+{
+    /* w, g (P,), velocity (P,), unused (may be NULL) when momentum is 0 */
+    const float lr = (float)learning_rate;
+    const float mu = (float)momentum;
+
+    if (momentum == 0.0) {
+        for (ptrdiff_t i = 0; i < P; i++)
+            w[i] -= lr * g[i];
+        return;
+    }
+    for (ptrdiff_t i = 0; i < P; i++) {
+        velocity[i] = mu * velocity[i] - lr * g[i];
+        if (nesterov)
+            w[i] += mu * velocity[i] - lr * g[i];
+        else
+            w[i] += velocity[i];
+    }
+}
+
+void fr_rmsprop_update(float *w, const float *g, float *velocity, ptrdiff_t P,
+                       double learning_rate, double rho, double epsilon)
+{
+    /* w, g, velocity (P,); epsilon goes inside the root, as in Keras 3 */
+    const float lr = (float)learning_rate;
+    const float r = (float)rho;
+    const float eps = (float)epsilon;
+
+    for (ptrdiff_t i = 0; i < P; i++) {
+        float gi = g[i];
+        velocity[i] = r * velocity[i] + (1.0f - r) * gi * gi;
+        w[i] -= lr * gi / sqrtf(velocity[i] + eps);
+    }
+}

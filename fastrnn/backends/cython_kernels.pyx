@@ -1,0 +1,330 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: initializedcheck=False, cdivision=True
+"""C kernels of fastrnn (csrc/), with the names, argument order and semantics of
+:mod:`fastrnn.backends.numba_kernels`, which states the recurrence and the
+conventions.
+
+Each function checks that the shapes of its arrays agree and then calls C
+without the GIL.  The check is the one thing added here: where a Numba product
+raises on a bad shape, C would read or write out of bounds.  The matrix
+products run through SciPy's BLAS, handed to C as a function pointer.
+"""
+
+import numpy as np
+
+from libc.limits cimport INT_MAX
+from libc.stdint cimport int64_t
+from scipy.linalg.cython_blas cimport sgemm
+
+LINEAR, TANH, RELU, SIGMOID = 0, 1, 2, 3
+
+cdef fr_sgemm_fn _sgemm = <fr_sgemm_fn>sgemm
+
+
+cdef inline int _dim(Py_ssize_t n) except -1:
+    # BLAS counts rows and columns in C int.
+    if n > INT_MAX:
+        raise OverflowError(f"dimension {n} exceeds the BLAS limit {INT_MAX}")
+    return <int>n
+
+
+def _mismatch(kernel, **arrays):
+    shapes = ", ".join(f"{name} {tuple(a.shape)}" for name, a in arrays.items())
+    return ValueError(f"{kernel}: array shapes do not agree: {shapes}")
+
+
+# --------------------------------------------------------------------------
+# element-wise activations
+
+
+def activation_forward(float[::1] out, const float[::1] z, int activation):
+    """out = act(z) element-wise; ``out`` may be ``z``.  Shapes (M,)."""
+    if out.shape[0] != z.shape[0]:
+        raise _mismatch("activation_forward", out=out, z=z)
+    with nogil:
+        fr_activation_forward(&out[0], &z[0], z.shape[0], activation)
+
+
+def activation_backward(
+    float[::1] dz, const float[::1] dout, const float[::1] out, int activation
+):
+    """dz = dout * act'(z) from out = act(z).  Shapes (M,); ``dz`` may be ``dout``."""
+    if not (dz.shape[0] == dout.shape[0] == out.shape[0]):
+        raise _mismatch("activation_backward", dz=dz, dout=dout, out=out)
+    with nogil:
+        fr_activation_backward(&dz[0], &dout[0], &out[0], dz.shape[0], activation)
+
+
+# --------------------------------------------------------------------------
+# SimpleRNN
+
+
+def rnn_forward(
+    float[:, :, ::1] hs,
+    float[:, :, ::1] work,
+    const float[:, :, ::1] x_tm,
+    const float[:, ::1] W,
+    const float[:, ::1] U,
+    const float[::1] b,
+    int activation,
+):
+    """Run the recurrence over all T steps.
+
+    hs (T, B, H) out, work (2, B, H) scratch, x_tm (T, B, D), W (D, H), U (H, H),
+    b (H,).  ``work`` is kept for the shared signature; the C kernel accumulates
+    into ``hs`` in place and does not touch it.
+    """
+    cdef int T = _dim(x_tm.shape[0]), B = _dim(x_tm.shape[1])
+    cdef int D = _dim(x_tm.shape[2]), H = _dim(W.shape[1])
+    _dim(x_tm.shape[0] * x_tm.shape[1])
+    if not (
+        hs.shape[0] == T and hs.shape[1] == B and hs.shape[2] == H
+        and W.shape[0] == D and U.shape[0] == H and U.shape[1] == H
+        and b.shape[0] == H
+    ):
+        raise _mismatch("rnn_forward", hs=hs, x_tm=x_tm, W=W, U=U, b=b)
+    with nogil:
+        fr_rnn_forward(
+            &hs[0, 0, 0], &x_tm[0, 0, 0], &W[0, 0], &U[0, 0], &b[0],
+            T, B, D, H, activation, _sgemm,
+        )
+
+
+def rnn_backward(
+    float[:, ::1] dW,
+    float[:, ::1] dU,
+    float[::1] db,
+    float[:, :, ::1] dx_tm,
+    float[:, :, ::1] dz,
+    float[:, :, ::1] work,
+    const float[:, :, ::1] dh_out,
+    const float[:, :, ::1] hs,
+    const float[:, :, ::1] x_tm,
+    const float[:, ::1] W,
+    const float[:, ::1] U,
+    int activation,
+):
+    """Backpropagation through time for :func:`rnn_forward`.
+
+    dW (D, H), dU (H, H), db (H,) out: overwritten.  dx_tm (T, B, D) out, or of
+    size 0 to skip.  dz (T, B, H) out: pre-activation gradients.  work unused
+    (see :func:`rnn_forward`).  dh_out (T, B, H) for every step's output or
+    (1, B, H) for the last one's; hs, x_tm, W, U as in the forward pass.
+    """
+    cdef int T = _dim(x_tm.shape[0]), B = _dim(x_tm.shape[1])
+    cdef int D = _dim(x_tm.shape[2]), H = _dim(W.shape[1])
+    cdef int dh_steps = _dim(dh_out.shape[0])
+    cdef bint want_dx = dx_tm.shape[0] * dx_tm.shape[1] * dx_tm.shape[2] != 0
+    _dim(x_tm.shape[0] * x_tm.shape[1])
+    if not (
+        dW.shape[0] == D and dW.shape[1] == H
+        and dU.shape[0] == H and dU.shape[1] == H and db.shape[0] == H
+        and dz.shape[0] == T and dz.shape[1] == B and dz.shape[2] == H
+        and (dh_steps == 1 or dh_steps == T)
+        and dh_out.shape[1] == B and dh_out.shape[2] == H
+        and hs.shape[0] == T and hs.shape[1] == B and hs.shape[2] == H
+        and W.shape[0] == D and U.shape[0] == H and U.shape[1] == H
+        and (
+            not want_dx
+            or (dx_tm.shape[0] == T and dx_tm.shape[1] == B and dx_tm.shape[2] == D)
+        )
+    ):
+        raise _mismatch(
+            "rnn_backward", dW=dW, dU=dU, db=db, dx_tm=dx_tm, dz=dz, dh_out=dh_out,
+            hs=hs, x_tm=x_tm, W=W, U=U,
+        )
+    with nogil:
+        fr_rnn_backward(
+            &dW[0, 0], &dU[0, 0], &db[0], &dx_tm[0, 0, 0] if want_dx else NULL,
+            &dz[0, 0, 0], &dh_out[0, 0, 0], &hs[0, 0, 0], &x_tm[0, 0, 0], &W[0, 0],
+            &U[0, 0], T, B, D, H, dh_steps, activation, _sgemm,
+        )
+
+
+# --------------------------------------------------------------------------
+# Dense
+
+
+def dense_forward(
+    float[:, ::1] y, const float[:, ::1] x, const float[:, ::1] V, const float[::1] c
+):
+    """y = x V + c.   y (N, K), x (N, H), V (H, K), c (K,)."""
+    cdef int N = _dim(x.shape[0]), H = _dim(x.shape[1]), K = _dim(V.shape[1])
+    if not (
+        y.shape[0] == N and y.shape[1] == K and V.shape[0] == H and c.shape[0] == K
+    ):
+        raise _mismatch("dense_forward", y=y, x=x, V=V, c=c)
+    with nogil:
+        fr_dense_forward(&y[0, 0], &x[0, 0], &V[0, 0], &c[0], N, H, K, _sgemm)
+
+
+def dense_backward(
+    float[:, ::1] dV,
+    float[::1] dc,
+    float[:, ::1] dx,
+    const float[:, ::1] dy,
+    const float[:, ::1] x,
+    const float[:, ::1] V,
+):
+    """Gradients of :func:`dense_forward`.
+
+    dV (H, K), dc (K,) out: overwritten.  dx (N, H) out, or of size 0 to skip.
+    dy (N, K), x (N, H), V (H, K).
+    """
+    cdef int N = _dim(x.shape[0]), H = _dim(x.shape[1]), K = _dim(V.shape[1])
+    cdef bint want_dx = dx.shape[0] * dx.shape[1] != 0
+    if not (
+        dV.shape[0] == H and dV.shape[1] == K and dc.shape[0] == K
+        and dy.shape[0] == N and dy.shape[1] == K and V.shape[0] == H
+        and (not want_dx or (dx.shape[0] == N and dx.shape[1] == H))
+    ):
+        raise _mismatch("dense_backward", dV=dV, dc=dc, dx=dx, dy=dy, x=x, V=V)
+    with nogil:
+        fr_dense_backward(
+            &dV[0, 0], &dc[0], &dx[0, 0] if want_dx else NULL, &dy[0, 0], &x[0, 0],
+            &V[0, 0], N, H, K, _sgemm,
+        )
+
+
+# --------------------------------------------------------------------------
+# softmax and losses
+
+
+def softmax_forward(float[:, ::1] p, const float[:, ::1] z):
+    """Row-wise softmax, shifted by the row maximum.  p, z (N, K); p may be z."""
+    cdef int N = _dim(z.shape[0]), K = _dim(z.shape[1])
+    if not (p.shape[0] == N and p.shape[1] == K):
+        raise _mismatch("softmax_forward", p=p, z=z)
+    with nogil:
+        fr_softmax_forward(&p[0, 0], &z[0, 0], N, K)
+
+
+def softmax_backward(float[:, ::1] dz, const float[:, ::1] dp, const float[:, ::1] p):
+    """dz = p * (dp - sum(dp * p)) row-wise.  dz, dp, p (N, K)."""
+    cdef int N = _dim(p.shape[0]), K = _dim(p.shape[1])
+    if not (
+        dz.shape[0] == N and dz.shape[1] == K and dp.shape[0] == N and dp.shape[1] == K
+    ):
+        raise _mismatch("softmax_backward", dz=dz, dp=dp, p=p)
+    with nogil:
+        fr_softmax_backward(&dz[0, 0], &dp[0, 0], &p[0, 0], N, K)
+
+
+def softmax_xent_forward(
+    float[:, ::1] p, const float[:, ::1] logits, const float[:, ::1] y
+):
+    """Mean softmax cross-entropy from logits, as a Python float.
+
+    p (N, K) out: probabilities; logits (N, K); y (N, K) target distribution.
+    """
+    cdef int N = _dim(logits.shape[0]), K = _dim(logits.shape[1])
+    cdef double loss
+    if not (
+        p.shape[0] == N and p.shape[1] == K and y.shape[0] == N and y.shape[1] == K
+    ):
+        raise _mismatch("softmax_xent_forward", p=p, logits=logits, y=y)
+    with nogil:
+        loss = fr_softmax_xent_forward(&p[0, 0], &logits[0, 0], &y[0, 0], N, K)
+    return loss
+
+
+def softmax_xent_backward(
+    float[:, ::1] dlogits, const float[:, ::1] p, const float[:, ::1] y
+):
+    """Gradient of the mean softmax cross-entropy.  dlogits, p, y (N, K)."""
+    cdef int N = _dim(p.shape[0]), K = _dim(p.shape[1])
+    if not (
+        dlogits.shape[0] == N and dlogits.shape[1] == K
+        and y.shape[0] == N and y.shape[1] == K
+    ):
+        raise _mismatch("softmax_xent_backward", dlogits=dlogits, p=p, y=y)
+    with nogil:
+        fr_softmax_xent_backward(&dlogits[0, 0], &p[0, 0], &y[0, 0], N, K)
+
+
+def sparse_to_onehot(float[:, ::1] y, labels):
+    """y[i] = one-hot(labels[i]).  y (N, K) float32, labels (N,) of integers.
+
+    Any integer dtype is taken (converted to int64 when needed), as the Numba
+    twin takes it.  A label outside [0, K) raises ValueError instead of writing
+    out of bounds.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(
+            f"sparse_to_onehot: labels must be integers, got {labels.dtype}"
+        )
+    cdef const int64_t[::1] lab = np.ascontiguousarray(labels, dtype=np.int64)
+    cdef int N = _dim(y.shape[0]), K = _dim(y.shape[1])
+    cdef int bad
+    if lab.shape[0] != N:
+        raise _mismatch("sparse_to_onehot", y=y, labels=labels)
+    with nogil:
+        bad = fr_sparse_to_onehot(&y[0, 0], &lab[0], N, K)
+    if bad:
+        raise ValueError(
+            f"sparse_to_onehot: {bad} labels fall outside [0, {y.shape[1]})"
+        )
+
+
+# --------------------------------------------------------------------------
+# optimizers on flat parameter vectors, all of shape (P,)
+
+
+def adam_update(
+    float[::1] w,
+    const float[::1] g,
+    float[::1] m,
+    float[::1] v,
+    double alpha,
+    double beta_1,
+    double beta_2,
+    double epsilon,
+):
+    """Adam (Kingma and Ba, 2015) in Keras' form, see the Numba twin.
+
+    alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) comes from the caller;
+    epsilon is added to sqrt(v_t).
+    """
+    if not (w.shape[0] == g.shape[0] == m.shape[0] == v.shape[0]):
+        raise _mismatch("adam_update", w=w, g=g, m=m, v=v)
+    with nogil:
+        fr_adam_update(
+            &w[0], &g[0], &m[0], &v[0], w.shape[0], alpha, beta_1, beta_2, epsilon
+        )
+
+
+def sgd_update(
+    float[::1] w,
+    const float[::1] g,
+    float[::1] velocity,
+    double learning_rate,
+    double momentum,
+    bint nesterov,
+):
+    """SGD with optional (Nesterov) momentum; ``velocity`` is unused at momentum 0."""
+    cdef bint with_velocity = momentum != 0.0
+    if w.shape[0] != g.shape[0] or (with_velocity and velocity.shape[0] != w.shape[0]):
+        raise _mismatch("sgd_update", w=w, g=g, velocity=velocity)
+    with nogil:
+        fr_sgd_update(
+            &w[0], &g[0], &velocity[0] if with_velocity else NULL, w.shape[0],
+            learning_rate, momentum, nesterov,
+        )
+
+
+def rmsprop_update(
+    float[::1] w,
+    const float[::1] g,
+    float[::1] velocity,
+    double learning_rate,
+    double rho,
+    double epsilon,
+):
+    """RMSprop: v = rho v + (1 - rho) g^2;  w -= lr g / sqrt(v + epsilon)."""
+    if not (w.shape[0] == g.shape[0] == velocity.shape[0]):
+        raise _mismatch("rmsprop_update", w=w, g=g, velocity=velocity)
+    with nogil:
+        fr_rmsprop_update(
+            &w[0], &g[0], &velocity[0], w.shape[0], learning_rate, rho, epsilon
+        )

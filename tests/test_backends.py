@@ -1,0 +1,468 @@
+"""The C backend against the Numba reference, kernel by kernel, and backend choice.
+
+Both backends get the same inputs; every output must agree within 1e-5
+(relative and absolute).  Outputs are filled with NaN before each call, so a
+kernel that leaves part of an output unwritten fails.  The comparisons are
+skipped when the C extension is not built, except under
+``FASTRNN_REQUIRE_CYTHON=1`` (set by CI), where a missing extension fails.
+"""
+
+import inspect
+import os
+
+import numpy as np
+import pytest
+
+from fastrnn import backends
+from fastrnn._warnings import FastRNNWarning
+from fastrnn.backends import numba_kernels as nk
+
+# These tests choose their backends themselves (see tests/conftest.py).
+BACKEND_INDEPENDENT = True
+
+try:
+    from fastrnn.backends import cython_kernels as ck
+
+    MISSING = None
+except ImportError as error:
+    ck = None
+    MISSING = f"the C backend is not built ({error})"
+
+needs_c = pytest.mark.skipif(ck is None, reason=MISSING or "")
+
+TOL = 1e-5
+ACTIVATIONS = (nk.LINEAR, nk.TANH, nk.RELU, nk.SIGMOID)
+ACTIVATION_IDS = ("linear", "tanh", "relu", "sigmoid")
+
+# (B, T, D, H): B = 1, T = 1, D != H, D == H, and the MNIST workload.
+RNN_SHAPES = [
+    (1, 1, 3, 4),
+    (1, 6, 5, 3),
+    (4, 1, 5, 3),
+    (3, 7, 2, 6),
+    (2, 4, 5, 5),
+    (50, 28, 28, 50),
+]
+RNN_IDS = [f"B{b}-T{t}-D{d}-H{h}" for b, t, d, h in RNN_SHAPES]
+
+# (N, H, K) for Dense: one row, one unit, the MNIST head, a per-step head.
+DENSE_SHAPES = [(1, 1, 1), (1, 5, 3), (7, 4, 10), (50, 50, 10), (1400, 50, 10)]
+
+
+def agree(actual, desired):
+    np.testing.assert_allclose(actual, desired, rtol=TOL, atol=TOL)
+
+
+def normal(rng, shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def nans(shape):
+    return np.full(shape, np.nan, dtype=np.float32)
+
+
+def on_both(name, make_arguments):
+    """Call kernel ``name`` of each backend on its own fresh copy of the arguments.
+
+    Returns (numba arguments, C arguments, numba result, C result).
+    """
+    ref_args = make_arguments()
+    c_args = make_arguments()
+    ref_result = getattr(nk, name)(*ref_args)
+    c_result = getattr(ck, name)(*c_args)
+    return ref_args, c_args, ref_result, c_result
+
+
+def rnn_weights(rng, D, H):
+    # Scaled so that 28 linear steps neither vanish nor explode.
+    W = normal(rng, (D, H), 1.0 / np.sqrt(D))
+    U = normal(rng, (H, H), 0.5 / np.sqrt(H))
+    b = normal(rng, (H,), 0.1)
+    return W, U, b
+
+
+# --------------------------------------------------------------------------
+# the contract
+
+
+@needs_c
+def test_every_kernel_has_the_reference_signature():
+    for name in backends.KERNEL_NAMES:
+        reference = inspect.signature(getattr(nk, name).py_func)
+        built = inspect.signature(getattr(ck, name))
+        assert list(built.parameters) == list(reference.parameters), name
+
+
+@needs_c
+def test_activation_codes_match():
+    assert (ck.LINEAR, ck.TANH, ck.RELU, ck.SIGMOID) == ACTIVATIONS
+
+
+def test_c_backend_is_built_when_required():
+    if os.environ.get("FASTRNN_REQUIRE_CYTHON") != "1":
+        pytest.skip("FASTRNN_REQUIRE_CYTHON=1 is not set; the C backend is optional")
+    assert ck is not None, MISSING
+    assert "cython" in backends.available_backends()
+
+
+# --------------------------------------------------------------------------
+# element-wise activations
+
+
+@needs_c
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
+@pytest.mark.parametrize("M", [1, 17, 2500, 70000])
+def test_activation_forward(activation, M):
+    rng = np.random.default_rng(M)
+    z = normal(rng, M, 4.0)
+    # Values the approximations clamp or pass through.
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 9.5, -30.0, 1e-30]
+    z[: min(M, len(special))] = special[:M]
+
+    ref, c, _, _ = on_both("activation_forward", lambda: (nans(M), z, activation))
+    agree(c[0], ref[0])
+
+
+@needs_c
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
+def test_activation_forward_in_place(activation):
+    z = normal(np.random.default_rng(1), 1001, 3.0)
+    expected = nans(z.size)
+    nk.activation_forward(expected, z, activation)
+    out = z.copy()
+    ck.activation_forward(out, out, activation)
+    agree(out, expected)
+
+
+@needs_c
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
+@pytest.mark.parametrize("M", [1, 17, 2500])
+@pytest.mark.parametrize("in_place", [False, True], ids=["new", "in_place"])
+def test_activation_backward(activation, M, in_place):
+    rng = np.random.default_rng(M)
+    out = nans(M)
+    nk.activation_forward(out, normal(rng, M, 2.0), activation)
+    dout = normal(rng, M)
+
+    def arguments():
+        d = dout.copy()
+        return (d if in_place else nans(M)), d, out, activation
+
+    ref, c, _, _ = on_both("activation_backward", arguments)
+    agree(c[0], ref[0])
+
+
+# --------------------------------------------------------------------------
+# SimpleRNN
+
+
+@needs_c
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
+@pytest.mark.parametrize("shape", RNN_SHAPES, ids=RNN_IDS)
+def test_rnn_forward(shape, activation):
+    B, T, D, H = shape
+    rng = np.random.default_rng(B * 1000 + T)
+    W, U, b = rnn_weights(rng, D, H)
+    x_tm = normal(rng, (T, B, D))
+
+    def arguments():
+        return nans((T, B, H)), nans((2, B, H)), x_tm, W, U, b, activation
+
+    ref, c, _, _ = on_both("rnn_forward", arguments)
+    agree(c[0], ref[0])
+
+
+@needs_c
+@pytest.mark.parametrize("want_dx", [False, True], ids=["skip_dx", "dx"])
+@pytest.mark.parametrize("every_step", [False, True], ids=["dh_last", "dh_every"])
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
+@pytest.mark.parametrize("shape", RNN_SHAPES, ids=RNN_IDS)
+def test_rnn_backward(shape, activation, every_step, want_dx):
+    B, T, D, H = shape
+    rng = np.random.default_rng(B * 1000 + T)
+    W, U, b = rnn_weights(rng, D, H)
+    x_tm = normal(rng, (T, B, D))
+    # Both backends differentiate the same saved state, the reference's.
+    hs = nans((T, B, H))
+    nk.rnn_forward(hs, nans((2, B, H)), x_tm, W, U, b, activation)
+    dh_out = normal(rng, (T if every_step else 1, B, H))
+
+    def arguments():
+        dx_tm = nans((T, B, D)) if want_dx else np.zeros((0, 0, 0), np.float32)
+        return (
+            nans((D, H)), nans((H, H)), nans(H), dx_tm, nans((T, B, H)),
+            nans((2, B, H)), dh_out, hs, x_tm, W, U, activation,
+        )  # fmt: skip
+
+    ref, c, _, _ = on_both("rnn_backward", arguments)
+    for name, index in (("dW", 0), ("dU", 1), ("db", 2), ("dx_tm", 3), ("dz", 4)):
+        assert c[index].shape == ref[index].shape, name
+        agree(c[index], ref[index])
+
+
+@needs_c
+def test_rnn_accepts_read_only_inputs():
+    rng = np.random.default_rng(0)
+    W, U, b = rnn_weights(rng, 3, 4)
+    x_tm = normal(rng, (5, 2, 3))
+    for array in (W, U, b, x_tm):
+        array.flags.writeable = False
+    hs = nans((5, 2, 4))
+    expected = nans((5, 2, 4))
+    nk.rnn_forward(expected, nans((2, 2, 4)), x_tm, W, U, b, nk.TANH)
+    ck.rnn_forward(hs, nans((2, 2, 4)), x_tm, W, U, b, nk.TANH)
+    agree(hs, expected)
+
+
+@needs_c
+def test_rnn_rejects_shapes_that_do_not_agree():
+    # Where Numba's products raise, C would write out of bounds: the wrapper
+    # checks instead.
+    rng = np.random.default_rng(0)
+    W, U, b = rnn_weights(rng, 3, 4)
+    x_tm = normal(rng, (5, 2, 3))
+    with pytest.raises(ValueError, match="rnn_forward.*hs \\(5, 2, 5\\)"):
+        ck.rnn_forward(nans((5, 2, 5)), nans((2, 2, 4)), x_tm, W, U, b, nk.TANH)
+    with pytest.raises(ValueError, match="rnn_backward"):
+        ck.rnn_backward(
+            nans((3, 4)), nans((4, 4)), nans(4), nans((5, 2, 2)), nans((5, 2, 4)),
+            nans((2, 2, 4)), nans((3, 2, 4)), nans((5, 2, 4)), x_tm, W, U, nk.TANH,
+        )  # fmt: skip
+
+
+@needs_c
+def test_rnn_rejects_non_contiguous_arrays():
+    rng = np.random.default_rng(0)
+    W, U, b = rnn_weights(rng, 3, 4)
+    x_tm = normal(rng, (5, 2, 6))[:, :, ::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        ck.rnn_forward(nans((5, 2, 4)), nans((2, 2, 4)), x_tm, W, U, b, nk.TANH)
+
+
+# --------------------------------------------------------------------------
+# Dense
+
+
+@needs_c
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=[str(s) for s in DENSE_SHAPES])
+def test_dense_forward(shape):
+    N, H, K = shape
+    rng = np.random.default_rng(N)
+    x, V, c_bias = normal(rng, (N, H)), normal(rng, (H, K)), normal(rng, K)
+    ref, c, _, _ = on_both("dense_forward", lambda: (nans((N, K)), x, V, c_bias))
+    agree(c[0], ref[0])
+
+
+@needs_c
+@pytest.mark.parametrize("want_dx", [False, True], ids=["skip_dx", "dx"])
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=[str(s) for s in DENSE_SHAPES])
+def test_dense_backward(shape, want_dx):
+    N, H, K = shape
+    rng = np.random.default_rng(N)
+    x, V, dy = normal(rng, (N, H)), normal(rng, (H, K)), normal(rng, (N, K))
+
+    def arguments():
+        dx = nans((N, H)) if want_dx else np.zeros((0, 0), np.float32)
+        return nans((H, K)), nans(K), dx, dy, x, V
+
+    ref, c, _, _ = on_both("dense_backward", arguments)
+    for index in range(3):
+        assert c[index].shape == ref[index].shape
+        agree(c[index], ref[index])
+
+
+# --------------------------------------------------------------------------
+# softmax and losses
+
+SOFTMAX_SHAPES = [(1, 1), (1, 10), (50, 10), (1400, 10), (3, 7)]
+
+
+def logits_for(rng, N, K):
+    z = normal(rng, (N, K), 3.0)
+    z[0, 0] = 80.0  # exp overflows in float32 without the shift
+    return z
+
+
+@needs_c
+@pytest.mark.parametrize("in_place", [False, True], ids=["new", "in_place"])
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=[str(s) for s in SOFTMAX_SHAPES])
+def test_softmax_forward(shape, in_place):
+    z = logits_for(np.random.default_rng(shape[0]), *shape)
+
+    def arguments():
+        zc = z.copy()
+        return (zc if in_place else nans(shape)), zc
+
+    ref, c, _, _ = on_both("softmax_forward", arguments)
+    agree(c[0], ref[0])
+
+
+@needs_c
+@pytest.mark.parametrize("in_place", [False, True], ids=["new", "in_place"])
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=[str(s) for s in SOFTMAX_SHAPES])
+def test_softmax_backward(shape, in_place):
+    rng = np.random.default_rng(shape[0])
+    p = nans(shape)
+    nk.softmax_forward(p, logits_for(rng, *shape))
+    dp = normal(rng, shape)
+
+    def arguments():
+        d = dp.copy()
+        return (d if in_place else nans(shape)), d, p
+
+    ref, c, _, _ = on_both("softmax_backward", arguments)
+    agree(c[0], ref[0])
+
+
+def targets_for(rng, N, K, kind):
+    if kind == "onehot":
+        y = np.zeros((N, K), np.float32)
+        y[np.arange(N), rng.integers(0, K, N)] = 1.0
+        return y
+    # Unnormalised soft targets exercise the sum_k y_k factor of the gradient.
+    return rng.uniform(0.0, 1.0, (N, K)).astype(np.float32)
+
+
+@needs_c
+@pytest.mark.parametrize("kind", ["onehot", "soft"])
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=[str(s) for s in SOFTMAX_SHAPES])
+def test_softmax_xent_forward(shape, kind):
+    rng = np.random.default_rng(shape[0])
+    z = logits_for(rng, *shape)
+    y = targets_for(rng, *shape, kind)
+    ref, c, ref_loss, c_loss = on_both(
+        "softmax_xent_forward", lambda: (nans(shape), z, y)
+    )
+    assert type(c_loss) is float
+    assert c_loss == pytest.approx(ref_loss, rel=TOL, abs=TOL)
+    agree(c[0], ref[0])
+
+
+@needs_c
+@pytest.mark.parametrize("kind", ["onehot", "soft"])
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=[str(s) for s in SOFTMAX_SHAPES])
+def test_softmax_xent_backward(shape, kind):
+    rng = np.random.default_rng(shape[0])
+    p = nans(shape)
+    nk.softmax_forward(p, logits_for(rng, *shape))
+    y = targets_for(rng, *shape, kind)
+    ref, c, _, _ = on_both("softmax_xent_backward", lambda: (nans(shape), p, y))
+    agree(c[0], ref[0])
+
+
+@needs_c
+@pytest.mark.parametrize("N, K", [(1, 1), (1, 10), (50, 10), (1400, 10)])
+def test_sparse_to_onehot(N, K):
+    labels = np.random.default_rng(N).integers(0, K, N).astype(np.int64)
+    ref, c, _, _ = on_both("sparse_to_onehot", lambda: (nans((N, K)), labels))
+    np.testing.assert_array_equal(c[0], ref[0])
+
+
+@needs_c
+def test_sparse_to_onehot_takes_any_integer_dtype_and_refuses_bad_labels():
+    y = nans((3, 4))
+    ck.sparse_to_onehot(y, np.array([3, 0, 1], dtype=np.uint8))
+    np.testing.assert_array_equal(y.argmax(axis=1), [3, 0, 1])
+    assert y.sum() == 3
+    with pytest.raises(ValueError, match="outside \\[0, 4\\)"):
+        ck.sparse_to_onehot(y, np.array([0, 4, 1], dtype=np.int64))
+    with pytest.raises(TypeError, match="integers"):
+        ck.sparse_to_onehot(y, np.array([0.0, 1.0, 2.0]))
+
+
+# --------------------------------------------------------------------------
+# optimizers
+
+PARAMETER_COUNTS = [1, 7, 1000, 12345]
+
+
+def run_updates(module, name, P, hyper, n_state):
+    """Three updates with fixed gradients; returns the weights and the state."""
+    rng = np.random.default_rng(P)
+    w = normal(rng, P)
+    state = [np.zeros(P, np.float32) for _ in range(n_state)]
+    for _ in range(3):
+        getattr(module, name)(w, normal(rng, P), *state, *hyper)
+    return [w] + state
+
+
+@needs_c
+@pytest.mark.parametrize("P", PARAMETER_COUNTS)
+def test_adam_update(P):
+    hyper = (0.001 * np.sqrt(1 - 0.999**3) / (1 - 0.9**3), 0.9, 0.999, 1e-7)
+    ref = run_updates(nk, "adam_update", P, hyper, 2)
+    c = run_updates(ck, "adam_update", P, hyper, 2)
+    for a, b in zip(c, ref):
+        agree(a, b)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)]
+)
+@pytest.mark.parametrize("P", PARAMETER_COUNTS)
+def test_sgd_update(P, momentum, nesterov):
+    hyper = (0.01, momentum, nesterov)
+    ref = run_updates(nk, "sgd_update", P, hyper, 1)
+    c = run_updates(ck, "sgd_update", P, hyper, 1)
+    for a, b in zip(c, ref):
+        agree(a, b)
+
+
+@needs_c
+def test_sgd_without_momentum_needs_no_velocity():
+    w = np.ones(5, np.float32)
+    ck.sgd_update(w, np.full(5, 2.0, np.float32), np.zeros(0, np.float32), 0.5, 0.0, 0)
+    agree(w, np.zeros(5, np.float32))
+
+
+@needs_c
+@pytest.mark.parametrize("P", PARAMETER_COUNTS)
+def test_rmsprop_update(P):
+    hyper = (0.001, 0.9, 1e-7)
+    ref = run_updates(nk, "rmsprop_update", P, hyper, 1)
+    c = run_updates(ck, "rmsprop_update", P, hyper, 1)
+    for a, b in zip(c, ref):
+        agree(a, b)
+
+
+# --------------------------------------------------------------------------
+# choosing the backend
+
+
+@pytest.fixture
+def restore_backend(monkeypatch):
+    """Undo whatever a test does to the active backend."""
+    for key in ("name", "module"):
+        monkeypatch.setitem(backends._active, key, backends._active[key])
+
+
+def pretend_c_backend_is_missing(monkeypatch):
+    # An import of a module that does not exist fails as an unbuilt one does.
+    monkeypatch.setitem(backends._MODULES, "cython", "fastrnn.backends._not_built")
+
+
+def test_set_backend_falls_back_to_numba_with_a_warning(monkeypatch, restore_backend):
+    pretend_c_backend_is_missing(monkeypatch)
+    with pytest.warns(FastRNNWarning, match="'cython' backend is not available"):
+        assert backends.set_backend("cython") == "numba"
+    assert backends.get_backend() == "numba"
+    assert backends.kernels() is nk
+    assert "cython" not in backends.available_backends()
+
+
+def test_environment_asking_for_missing_c_backend_falls_back(
+    monkeypatch, restore_backend
+):
+    pretend_c_backend_is_missing(monkeypatch)
+    monkeypatch.setenv("FASTRNN_BACKEND", "cython")
+    monkeypatch.setitem(backends._active, "module", None)
+    with pytest.warns(FastRNNWarning, match="falling back to 'numba'"):
+        assert backends.get_backend() == "numba"
+
+
+@needs_c
+def test_set_backend_selects_the_c_backend(restore_backend):
+    assert backends.set_backend("cython") == "cython"
+    assert backends.kernels() is ck
+    assert "cython" in backends.available_backends()
