@@ -372,11 +372,16 @@ class Sequential:
             finite = convert.matrix_to_float32(out, flat)
             out = out.reshape(x.shape)
         if not finite:
+            _reject_non_finite(x, argument)
             raise ValueError(f"{argument} contains NaN or infinite values")
         return out
 
-    def _check_y(self, y, n_samples):
-        """Validate targets against the loss and output shape; returns the array."""
+    def _check_y(self, y, x):
+        """Validate targets against x, the loss and the output shape.
+
+        Returns the array.  A free time axis in the output takes x's step count.
+        """
+        n_samples = x.shape[0]
         y = _as_numeric(y, "y")
         if y.ndim == 0 or y.shape[0] != n_samples:
             got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} samples"
@@ -384,7 +389,10 @@ class Sequential:
                 f"x and y must have the same number of samples: x has {n_samples}, "
                 f"y has {got}"
             )
-        output = self.layers[-1].output_shape
+        output = tuple(
+            x.shape[1] if size is None else size
+            for size in self.layers[-1].output_shape
+        )
         K = output[-1]
         if self.loss == losses.SPARSE:
             expected = tuple(output[:-1])
@@ -438,6 +446,7 @@ class Sequential:
             rows = self._buffers.get("y", (n_samples, K))
             finite = convert.matrix_to_float32(rows, y)
         if not finite:
+            _reject_non_finite(y, "y")
             raise ValueError("y contains NaN or infinite values")
         return rows
 
@@ -484,6 +493,7 @@ class Sequential:
             rnn.activation_code,
         )  # fmt: skip
         if not finite:
+            _reject_non_finite(x, "x")
             raise ValueError("x contains NaN or infinite values")
         for layer in (dense, activation):
             if layer is None or layer.activation == "linear":
@@ -529,7 +539,7 @@ class Sequential:
     def _loss_on_batch(self, inputs, targets, need_gradient):
         """Forward pass and loss on converted arrays.
 
-        Returns (loss, accuracy or None, output rows, output of the last layer).
+        Returns (loss, accuracy or None, output rows).
         Leaves the gradient of the loss in the layers' gradient views when asked.
         """
         fused = self._fuses_softmax()
@@ -582,7 +592,7 @@ class Sequential:
         """
         self._require_compiled("train_on_batch")
         x = self._check_x(x)
-        y = self._check_y(y, x.shape[0])
+        y = self._check_y(y, x)
         loss, accuracy = self._train_converted(
             self._convert_x(x), self._convert_y(y, x.shape[0])
         )
@@ -670,7 +680,7 @@ class Sequential:
         """Loss (and accuracy) of one batch, without updating the weights."""
         self._require_compiled("test_on_batch")
         x = self._check_x(x)
-        y = self._check_y(y, x.shape[0])
+        y = self._check_y(y, x)
         loss, accuracy, _ = self._loss_on_batch(
             self._convert_x(x), self._convert_y(y, x.shape[0]), need_gradient=False
         )
@@ -733,7 +743,7 @@ class Sequential:
         self._require_compiled("evaluate")
         batch_size = _check_batch_size(batch_size)
         x = self._check_x(x)
-        y = self._check_y(y, x.shape[0])
+        y = self._check_y(y, x)
         loss, accuracy = self._evaluate_checked(x, y, batch_size)
         return self._results(loss, accuracy, return_dict)
 
@@ -813,7 +823,7 @@ class Sequential:
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
         x = self._check_x(x)
-        y = self._check_y(y, x.shape[0])
+        y = self._check_y(y, x)
         _reject_non_finite(x, "x")
         _reject_non_finite(y, "y")
 
@@ -823,7 +833,7 @@ class Sequential:
             ) not in (2, 3):
                 raise ValueError("validation_data must be a tuple (x_val, y_val)")
             x_val = self._check_x(validation_data[0], "validation_data x")
-            y_val = self._check_y(validation_data[1], x_val.shape[0])
+            y_val = self._check_y(validation_data[1], x_val)
             _reject_non_finite(x_val, "validation_data x")
             _reject_non_finite(y_val, "validation_data y")
         elif validation_split:

@@ -23,10 +23,19 @@ def pytest_generate_tests(metafunc):
     if "backend" not in metafunc.fixturenames:
         return
     if getattr(metafunc.module, "BACKEND_INDEPENDENT", False):
-        names = ["numba"]
+        params = ["numba"]
     else:
-        names = backends.available_backends()
-    metafunc.parametrize("backend", names, indirect=True, scope="module")
+        built = backends.available_backends()
+        params = [
+            pytest.param(
+                name,
+                marks=pytest.mark.skipif(
+                    name not in built, reason=f"the {name} backend is not built"
+                ),
+            )
+            for name in backends.BACKENDS
+        ]
+    metafunc.parametrize("backend", params, indirect=True, scope="module")
 
 
 @pytest.fixture(autouse=True, scope="module")
