@@ -437,3 +437,94 @@ void fr_rmsprop_update(float *w, const float *g, float *velocity, ptrdiff_t P,
         w[i] -= lr * gi / sqrtf(velocity[i] + eps);
     }
 }
+
+/* --------------------------------------------------------------------------
+ * the whole train step of SimpleRNN -> Dense -> softmax cross-entropy
+ */
+
+static void optimizer_update(float *w, const float *g, float *state_1,
+                             float *state_2, ptrdiff_t P, int optimizer,
+                             const double *hyper)
+{
+    /* w, g, state_1, state_2 (P,); hyper as for fr_rnn_dense_xent_train_step */
+    switch (optimizer) {
+    case FR_ADAM:
+        fr_adam_update(w, g, state_1, state_2, P, hyper[0], hyper[1], hyper[2],
+                       hyper[3]);
+        break;
+    case FR_SGD:
+        fr_sgd_update(w, g, state_1, P, hyper[0], hyper[1], hyper[2] != 0.0);
+        break;
+    default:
+        fr_rmsprop_update(w, g, state_1, P, hyper[0], hyper[1], hyper[2]);
+    }
+}
+
+/* Rows whose first maximum of p is at the first maximum of y.  p, y (N, K) */
+static int count_correct(const float *p, const float *y, int N, int K)
+{
+    int correct = 0;
+
+    for (int i = 0; i < N; i++) {
+        const float *pi = p + (ptrdiff_t)i * K;
+        const float *yi = y + (ptrdiff_t)i * K;
+        int best_p = 0, best_y = 0;
+
+        for (int k = 1; k < K; k++) {
+            if (pi[k] > pi[best_p])
+                best_p = k;
+            if (yi[k] > yi[best_y])
+                best_y = k;
+        }
+        correct += best_p == best_y;
+    }
+    return correct;
+}
+
+double fr_rnn_dense_xent_train_step(
+    int *correct, float *params, float *grads, float *state_1, float *state_2,
+    float *hs, float *dz, float *logits, float *probs, float *dlogits,
+    float *dh_last, const float *x_tm, const float *y, const float *W,
+    const float *U, const float *b, const float *V, const float *c, float *dW,
+    float *dU, float *db, float *dV, float *dc, ptrdiff_t P, int T, int B, int D,
+    int H, int K, int activation, int optimizer, const double *hyper,
+    fr_sgemm_fn sgemm)
+{
+    /*
+     * correct         out: rows predicted right
+     * params, grads (P,)  flat weights and gradients; W (D, H), U (H, H), b (H,),
+     *                 V (H, K), c (K,) are views of params, dW, dU, db, dV, dc
+     *                 the matching views of grads
+     * state_1, state_2 (P,)  optimizer state (state_2 unused but by Adam)
+     * hs, dz (T, B, H)  saved states and pre-activation gradients
+     * logits, probs, dlogits (B, K), dh_last (B, H)  scratch
+     * x_tm (T, B, D), y (B, K)  inputs, targets
+     * hyper  Adam (alpha_t, beta_1, beta_2, epsilon), SGD (learning_rate,
+     *        momentum, nesterov), RMSprop (learning_rate, rho, epsilon)
+     *
+     * Returns the mean loss.  A loss that is not finite leaves params and the
+     * optimizer state untouched.
+     */
+    const float *h_last = hs + (ptrdiff_t)(T - 1) * B * H;
+    double loss;
+
+    /* forward */
+    fr_rnn_forward(hs, x_tm, W, U, b, T, B, D, H, activation, sgemm);
+    fr_dense_forward(logits, h_last, V, c, B, H, K, sgemm);
+
+    /* loss, fused with the softmax */
+    loss = fr_softmax_xent_forward(probs, logits, y, B, K);
+    *correct = count_correct(probs, y, B, K);
+    if (!isfinite(loss))
+        return loss;
+
+    /* backward; no input gradient is needed */
+    fr_softmax_xent_backward(dlogits, probs, y, B, K);
+    fr_dense_backward(dV, dc, dh_last, dlogits, h_last, V, B, H, K, sgemm);
+    fr_rnn_backward(dW, dU, db, NULL, dz, dh_last, hs, x_tm, W, U, T, B, D, H, 1,
+                    activation, sgemm);
+
+    /* update */
+    optimizer_update(params, grads, state_1, state_2, P, optimizer, hyper);
+    return loss;
+}

@@ -30,6 +30,12 @@ enum fr_activation {
     FR_SIGMOID = 3
 };
 
+enum fr_optimizer {
+    FR_ADAM = 0,
+    FR_SGD = 1,
+    FR_RMSPROP = 2
+};
+
 /* Column-major sgemm with the reference BLAS argument list. */
 typedef void (*fr_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                             float *alpha, float *a, int *lda, float *b, int *ldb,
@@ -72,5 +78,15 @@ void fr_sgd_update(float *w, const float *g, float *velocity, ptrdiff_t P,
                    double learning_rate, double momentum, int nesterov);
 void fr_rmsprop_update(float *w, const float *g, float *velocity, ptrdiff_t P,
                        double learning_rate, double rho, double epsilon);
+
+/* the whole train step of SimpleRNN -> Dense -> softmax cross-entropy */
+double fr_rnn_dense_xent_train_step(
+    int *correct, float *params, float *grads, float *state_1, float *state_2,
+    float *hs, float *dz, float *logits, float *probs, float *dlogits,
+    float *dh_last, const float *x_tm, const float *y, const float *W,
+    const float *U, const float *b, const float *V, const float *c, float *dW,
+    float *dU, float *db, float *dV, float *dc, ptrdiff_t P, int T, int B, int D,
+    int H, int K, int activation, int optimizer, const double *hyper,
+    fr_sgemm_fn sgemm);
 
 #endif /* FASTRNN_KERNELS_H */

@@ -57,3 +57,13 @@ cdef extern from "fastrnn_kernels.h" nogil:
         float *w, const float *g, float *velocity, Py_ssize_t P,
         double learning_rate, double rho, double epsilon
     )
+
+    double fr_rnn_dense_xent_train_step(
+        int *correct, float *params, float *grads, float *state_1, float *state_2,
+        float *hs, float *dz, float *logits, float *probs, float *dlogits,
+        float *dh_last, const float *x_tm, const float *y, const float *W,
+        const float *U, const float *b, const float *V, const float *c, float *dW,
+        float *dU, float *db, float *dV, float *dc, Py_ssize_t P, int T, int B, int D,
+        int H, int K, int activation, int optimizer, const double *hyper,
+        fr_sgemm_fn sgemm
+    )

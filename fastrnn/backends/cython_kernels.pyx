@@ -328,3 +328,90 @@ def rmsprop_update(
         fr_rmsprop_update(
             &w[0], &g[0], &velocity[0], w.shape[0], learning_rate, rho, epsilon
         )
+
+
+# --------------------------------------------------------------------------
+# the whole train step of SimpleRNN -> Dense -> softmax cross-entropy
+
+ADAM, SGD, RMSPROP = 0, 1, 2
+
+
+def rnn_dense_xent_train_step(
+    float[::1] params,
+    float[::1] grads,
+    float[::1] state_1,
+    float[::1] state_2,
+    float[:, :, ::1] hs,
+    float[:, :, ::1] work,
+    float[:, :, ::1] dz,
+    float[:, ::1] logits,
+    float[:, ::1] probs,
+    float[:, ::1] dlogits,
+    float[:, :, ::1] dh_last,
+    const float[:, :, ::1] x_tm,
+    const float[:, ::1] y,
+    float[:, :, ::1] no_dx,
+    const float[:, ::1] W,
+    const float[:, ::1] U,
+    const float[::1] b,
+    const float[:, ::1] V,
+    const float[::1] c,
+    float[:, ::1] dW,
+    float[:, ::1] dU,
+    float[::1] db,
+    float[:, ::1] dV,
+    float[::1] dc,
+    int activation,
+    int optimizer,
+    const double[::1] hyper,
+):
+    """Forward, loss, BPTT and optimizer update of SimpleRNN -> Dense -> softmax.
+
+    The arguments are those of the Numba twin: W, U, b, V, c are views of the
+    flat params (P,), dW, dU, db, dV, dc of grads (P,); state_1, state_2 (P,)
+    the optimizer state; hs, dz (T, B, H); logits, probs, dlogits (B, K);
+    dh_last (1, B, H); x_tm (T, B, D); y (B, K).  work and no_dx are kept for
+    the shared signature and not touched.  hyper (float64) holds the optimizer's
+    hyperparameters, see ``optimizer_update`` of the Numba twin.
+
+    Returns (mean loss, number of correct rows).  A loss that is not finite
+    leaves params and the optimizer state untouched.
+    """
+    cdef int T = _dim(x_tm.shape[0]), B = _dim(x_tm.shape[1])
+    cdef int D = _dim(x_tm.shape[2]), H = _dim(W.shape[1]), K = _dim(V.shape[1])
+    cdef Py_ssize_t P = params.shape[0]
+    cdef int correct
+    cdef double loss
+    _dim(x_tm.shape[0] * x_tm.shape[1])
+    if not (
+        T >= 1
+        and W.shape[0] == D and U.shape[0] == H and U.shape[1] == H
+        and b.shape[0] == H and V.shape[0] == H and c.shape[0] == K
+        and dW.shape[0] == D and dW.shape[1] == H
+        and dU.shape[0] == H and dU.shape[1] == H and db.shape[0] == H
+        and dV.shape[0] == H and dV.shape[1] == K and dc.shape[0] == K
+        and grads.shape[0] == P and state_1.shape[0] == P and state_2.shape[0] == P
+        and hs.shape[0] == T and hs.shape[1] == B and hs.shape[2] == H
+        and dz.shape[0] == T and dz.shape[1] == B and dz.shape[2] == H
+        and logits.shape[0] == B and logits.shape[1] == K
+        and probs.shape[0] == B and probs.shape[1] == K
+        and dlogits.shape[0] == B and dlogits.shape[1] == K
+        and dh_last.shape[0] == 1 and dh_last.shape[1] == B and dh_last.shape[2] == H
+        and y.shape[0] == B and y.shape[1] == K
+        and hyper.shape[0] >= (4 if optimizer == ADAM else 3)
+    ):
+        raise _mismatch(
+            "rnn_dense_xent_train_step", params=params, grads=grads,
+            state_1=state_1, state_2=state_2, hs=hs, dz=dz, logits=logits,
+            probs=probs, dlogits=dlogits, dh_last=dh_last, x_tm=x_tm, y=y, W=W,
+            U=U, b=b, V=V, c=c, dW=dW, dU=dU, db=db, dV=dV, dc=dc, hyper=hyper,
+        )
+    with nogil:
+        loss = fr_rnn_dense_xent_train_step(
+            &correct, &params[0], &grads[0], &state_1[0], &state_2[0],
+            &hs[0, 0, 0], &dz[0, 0, 0], &logits[0, 0], &probs[0, 0], &dlogits[0, 0],
+            &dh_last[0, 0, 0], &x_tm[0, 0, 0], &y[0, 0], &W[0, 0], &U[0, 0], &b[0],
+            &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0], &db[0], &dV[0, 0], &dc[0],
+            P, T, B, D, H, K, activation, optimizer, &hyper[0], _sgemm,
+        )
+    return loss, correct
