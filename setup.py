@@ -99,6 +99,8 @@ setup(
         "numba>=0.59",
         "scipy>=1.10",
         "scikit-learn>=1.3",
+        # fastrnn.backends._threads sets the BLAS thread count through it.
+        "threadpoolctl>=3.1",
         "threadpoolctl>=3.1",
         "pooch>=1.8",
         "tqdm>=4.66",
