@@ -255,7 +255,11 @@ class SGD(Optimizer):
 class RMSprop(Optimizer):
     """RMSprop (Tieleman and Hinton, 2012, lecture 6.5).
 
-    ``v = rho * v + (1 - rho) * g^2``; ``w -= lr * g / (sqrt(v) + epsilon)``.
+    ``v = rho * v + (1 - rho) * g^2``; ``w -= lr * g / sqrt(v + epsilon)``.
+
+    As in Keras 3, epsilon sits inside the square root; Keras 2 and PyTorch add
+    it to sqrt(v), which takes far longer steps for gradients much below
+    sqrt(epsilon).
 
     Parameters
     ----------
