@@ -6,7 +6,18 @@ K values; every loss is the mean of a per-row loss over the N rows.
 When the model ends in a softmax, cross-entropy is computed from the logits in
 one kernel (log-sum-exp, no clipping), as the TensorFlow backend of Keras does.
 Cross-entropy on probabilities that did not come from a softmax clips them to
-[1e-7, 1 - 1e-7] after normalising each row to sum to one, as Keras does.
+[1e-7, 1 - 1e-7] and normalises each row to sum to one, as Keras does: in that
+order for integer labels (``sparse=True``), in the reverse order for one-hot
+targets.
+
+TODO: ``Sequential`` does not pass ``sparse=True`` yet, so integer labels on
+such outputs still get the one-hot order, which differs from Keras wherever the
+clip is active.
+
+TODO: Keras's TensorFlow backend also takes a sigmoid output's input as logits
+and computes softmax cross-entropy from them; fastrnn clips the sigmoid's
+probabilities instead, so a sigmoid output layer trained with cross-entropy
+gives a different loss than in Keras.
 """
 
 import numpy as np
@@ -58,13 +69,37 @@ def softmax_cross_entropy(buffers, logits, targets, need_gradient):
     return loss, p, buffers.gradient
 
 
-def probability_cross_entropy(output, targets, need_gradient):
-    """Cross-entropy of targets against probabilities.  Returns (loss, gradient)."""
+def probability_cross_entropy(output, targets, need_gradient, sparse=False):
+    """Cross-entropy of targets against probabilities, with Keras's clipping.
+
+    Parameters
+    ----------
+    output : ndarray of shape (N, K)
+        The model's output rows, not produced by a softmax.
+    targets : ndarray of shape (N, K)
+        Target distributions; one-hot rows for integer labels.
+    need_gradient : bool
+        Whether to return the gradient too.
+    sparse : bool, default False
+        Follow ``sparse_categorical_crossentropy``: clip the outputs, then
+        normalise them (Keras feeds the log of the clipped values to a softmax),
+        rather than normalise, then clip.  The orders differ only where the clip
+        is active.
+
+    Returns
+    -------
+    loss : float
+        Mean over the N rows.
+    gradient : ndarray of shape (N, K), float32, or None
+        Gradient of ``loss`` with respect to ``output``.
+    """
     output = output.astype(np.float64)
+    N = output.shape[0]
+    if sparse:
+        return _clipped_then_normalised(output, targets, need_gradient, N)
     total = output.sum(axis=1, keepdims=True)
     q = output / total
     clipped = np.clip(q, PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
-    N = output.shape[0]
     loss = float(-(targets * np.log(clipped)).sum() / N)
     if not need_gradient:
         return loss, None
@@ -74,6 +109,23 @@ def probability_cross_entropy(output, targets, need_gradient):
     dq = np.where(inside, -targets / clipped, 0.0) / N
     do = (dq - (dq * q).sum(axis=1, keepdims=True)) / total
     return loss, do.astype(np.float32)
+
+
+def _clipped_then_normalised(output, targets, need_gradient, N):
+    """-sum_k y_k log(c_k / sum(c)) with c = clip(output), averaged over rows."""
+    clipped = np.clip(output, PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
+    total = clipped.sum(axis=1, keepdims=True)
+    # The normaliser enters once per unit of target mass, which is 1 per row
+    # for one-hot targets.
+    mass = targets.sum(axis=1, keepdims=True)
+    loss = float(((mass * np.log(total)).sum() - (targets * np.log(clipped)).sum()) / N)
+    if not need_gradient:
+        return loss, None
+    # d/dc_k is sum(y) / sum(c) - y_k / c_k; the clip passes it only inside its
+    # range, bounds included, as TensorFlow's clip_by_value does.
+    inside = (output >= PROBABILITY_CLIP) & (output <= 1.0 - PROBABILITY_CLIP)
+    dc = np.where(inside, mass / total - targets / clipped, 0.0) / N
+    return loss, dc.astype(np.float32)
 
 
 def mean_squared_error(output, targets, need_gradient):
