@@ -593,7 +593,7 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x = self._check_x(x)
         y = self._check_y(y, x)
-        loss, accuracy = self._train_converted(
+        loss, accuracy, _ = self._train_converted(
             self._convert_x(x), self._convert_y(y, x.shape[0])
         )
         return self._results(loss, accuracy, return_dict)
@@ -643,35 +643,43 @@ class Sequential:
             W, U, b, V, c, dW, dU, db, dV, dc,
             rnn.activation_code, code, hyper,
         )  # fmt: skip
-        if not math.isfinite(loss):
-            optimizer.iterations -= 1
         accuracy = correct / B if self._accuracy_name is not None else None
         return loss, accuracy
 
     def _train_converted(self, inputs, targets):
+        """One step on converted arrays: returns (loss, accuracy, updated).
+
+        The step is undone, with a warning, if the loss is not finite or if the
+        update leaves a weight that is not (an overflow); the weights then keep
+        their last finite values and ``updated`` is False.
+        """
+        optimizer = self.optimizer
+        optimizer.checkpoint(self._params)
         fused = self._fused_layers()
         if fused is not None:
             loss, accuracy = self._train_fused(*fused, inputs, targets)
-            if not math.isfinite(loss):
-                self._warn_non_finite(loss)
-            return loss, accuracy
-        loss, accuracy, _ = self._loss_on_batch(inputs, targets, need_gradient=True)
+        else:
+            loss, accuracy, _ = self._loss_on_batch(inputs, targets, need_gradient=True)
+            if math.isfinite(loss):
+                if optimizer.clipnorm is not None or optimizer.clipvalue is not None:
+                    gradients = [g for layer in self.layers for g in layer.gradients]
+                    optimizer.clip(self._grads, gradients)
+                optimizer.apply(self._params, self._grads)
         if not math.isfinite(loss):
-            self._warn_non_finite(loss)
-            return loss, accuracy
-        optimizer = self.optimizer
-        if optimizer.clipnorm is not None or optimizer.clipvalue is not None:
-            optimizer.clip(
-                self._grads, [g for layer in self.layers for g in layer.gradients]
-            )
-        optimizer.apply(self._params, self._grads)
-        return loss, accuracy
+            optimizer.rollback(self._params)
+            self._warn_not_updated(f"the loss is {loss}")
+            return loss, accuracy, False
+        if not convert.all_finite(self._params):
+            optimizer.rollback(self._params)
+            self._warn_not_updated(f"the loss is {loss} but the update overflowed")
+            return loss, accuracy, False
+        return loss, accuracy, True
 
     @staticmethod
-    def _warn_non_finite(loss):
+    def _warn_not_updated(reason):
         warnings.warn(
-            f"the loss is {loss}; this batch's update was skipped and the "
-            "weights kept their last finite values",
+            f"{reason}; this batch's update was skipped and the weights kept "
+            "their last finite values",
             FastRNNWarning,
             stacklevel=4,
         )
@@ -878,15 +886,15 @@ class Sequential:
                         index = np.sort(order[index])
                     callback_list.on_train_batch_begin(step)
                     xb, yb = x[index], y[index]
-                    loss, accuracy = self._train_converted(
+                    loss, accuracy, updated = self._train_converted(
                         self._convert_x(xb), self._convert_y(yb, xb.shape[0])
                     )
                     size = xb.shape[0]
-                    if not math.isfinite(loss):
+                    if not updated:
                         self.stop_training = True
                         print(
-                            f"Epoch {epoch + 1}, batch {step + 1}: the loss is {loss}; "
-                            "stopping with the last finite weights.",
+                            f"Epoch {epoch + 1}, batch {step + 1}: training diverged "
+                            f"(loss {loss}); stopping with the last finite weights.",
                             file=sys.stderr,
                         )
                         break

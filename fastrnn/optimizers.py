@@ -91,6 +91,24 @@ class Optimizer:
         self.iterations = 0
         self._allocate(size)
 
+    def checkpoint(self, weights):
+        """Remember ``weights`` and the state, for :meth:`rollback`."""
+        # Room for the weights and every state vector as they were before a step.
+        shape = (1 + len(self.state()), weights.size)
+        if getattr(self, "_backup", None) is None or self._backup.shape != shape:
+            self._backup = np.empty(shape, dtype=np.float32)
+        self._backup[0] = weights
+        for row, vector in enumerate(self.state(), start=1):
+            self._backup[row] = vector
+        self._backup_iterations = self.iterations
+
+    def rollback(self, weights):
+        """Undo the steps since :meth:`checkpoint`."""
+        weights[:] = self._backup[0]
+        for row, vector in enumerate(self.state(), start=1):
+            vector[:] = self._backup[row]
+        self.iterations = self._backup_iterations
+
     def _allocate(self, size):
         raise NotImplementedError
 

@@ -564,12 +564,6 @@ def test_fit_stops_when_the_loss_turns_nan(capsys):
     assert len(history.epoch) < 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Sequential._train_converted checks only the loss, after the fact: "
-    "the update of the batch before the NaN had a finite loss but overflowed "
-    "the float32 weights to inf, and nothing rolls it back",
-)
 def test_fit_keeps_finite_weights_when_the_loss_turns_nan():
     model, _ = diverging_fit()
 

@@ -41,3 +41,12 @@ def matrix_to_float32(out, x):
                 finite = False
             out[i, j] = value
     return finite
+
+
+@kernel
+def all_finite(values):
+    """True if every element of the 1-D array ``values`` is finite."""
+    for i in range(values.size):
+        if not np.isfinite(values[i]):
+            return False
+    return True
