@@ -10,10 +10,6 @@ Cross-entropy on probabilities that did not come from a softmax clips them to
 order for integer labels (``sparse=True``), in the reverse order for one-hot
 targets.
 
-TODO: ``Sequential`` does not pass ``sparse=True`` yet, so integer labels on
-such outputs still get the one-hot order, which differs from Keras wherever the
-clip is active.
-
 TODO: Keras's TensorFlow backend also takes a sigmoid output's input as logits
 and computes softmax cross-entropy from them; fastrnn clips the sigmoid's
 probabilities instead, so a sigmoid output layer trained with cross-entropy

@@ -561,7 +561,7 @@ class Sequential:
         elif losses.is_cross_entropy(self.loss):
             scores = rows
             loss, gradient = losses.probability_cross_entropy(
-                rows, targets, need_gradient
+                rows, targets, need_gradient, sparse=self.loss == losses.SPARSE
             )
         else:
             scores = rows

@@ -130,7 +130,7 @@ def central_differences(f, params, eps):
 def compiled_gradients(model, case):
     """Loss and gradients left in the layers by one forward and backward pass."""
     x = model._check_x(case.x)
-    y = model._check_y(case.y, case.B)
+    y = model._check_y(case.y, x)
     loss, _, _ = model._loss_on_batch(
         model._convert_x(x), model._convert_y(y, case.B), need_gradient=True
     )

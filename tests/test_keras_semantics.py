@@ -20,11 +20,6 @@ from fastrnn.utils import to_categorical
 # Keras's backend epsilon, used both as Adam's default epsilon and as the clip.
 EPSILON = 1e-7
 
-SPARSE_CLIP_ORDER = (
-    "Keras clips, then normalises, probabilities for sparse labels; the model "
-    "does not yet pass sparse=True to losses.probability_cross_entropy"
-)
-
 
 # initializers -----------------------------------------------------------------------
 
@@ -275,14 +270,7 @@ def test_categorical_cross_entropy_on_probabilities_clips(row):
     assert got == pytest.approx(CATEGORICAL_EXPECTED[row], rel=1e-6)
 
 
-@pytest.mark.parametrize(
-    "row",
-    [
-        pytest.param(0, marks=pytest.mark.xfail(reason=SPARSE_CLIP_ORDER, strict=True)),
-        1,
-        pytest.param(2, marks=pytest.mark.xfail(reason=SPARSE_CLIP_ORDER, strict=True)),
-    ],
-)
+@pytest.mark.parametrize("row", [0, 1, 2])
 def test_sparse_cross_entropy_on_probabilities_clips_first(row):
     model = _relu_output_model(row, "sparse_categorical_crossentropy")
     y = np.array(PROBABILITY_LABELS[row : row + 1])

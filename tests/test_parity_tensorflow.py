@@ -44,10 +44,6 @@ LOSS_RTOL = 1e-5
 ONE_STEP_ATOL = 2e-6
 ALL_STEPS_ATOL = 5e-5
 
-SPARSE_CLIP_ORDER = (
-    "Keras clips, then normalises, probabilities for sparse labels; the model "
-    "does not yet pass sparse=True to losses.probability_cross_entropy"
-)
 SIGMOID_LOGITS = (
     "Keras's TensorFlow backend computes cross-entropy on a sigmoid output from "
     "the sigmoid's input, as softmax logits; fastrnn clips the probabilities"
@@ -242,16 +238,7 @@ def test_categorical_cross_entropy_on_probabilities_matches(row):
 
 @pytest.mark.parametrize(
     "row",
-    [
-        # Only in row 1 does no clip bite, so only there do clipping first and
-        # normalising first agree.
-        row
-        if row == 1
-        else pytest.param(
-            row, marks=pytest.mark.xfail(reason=SPARSE_CLIP_ORDER, strict=True)
-        )
-        for row in range(len(PROBABILITY_ROWS))
-    ],
+    range(len(PROBABILITY_ROWS)),
 )
 def test_sparse_cross_entropy_on_probabilities_matches(row):
     ours, theirs, x, y = _probability_pair("sparse_categorical_crossentropy", row)
