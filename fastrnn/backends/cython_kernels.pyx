@@ -8,6 +8,10 @@ Each function checks that the shapes of its arrays agree and then calls C
 without the GIL.  The check is the one thing added here: where a Numba product
 raises on a bad shape, C would read or write out of bounds.  The matrix
 products run through SciPy's BLAS, handed to C as a function pointer.
+
+TODO: no C twin yet of ``numba_kernels.rnn_dense_predict`` (chunked inference
+on every core); on this backend predict and evaluate run the per-layer kernels
+on one thread.
 """
 
 import numpy as np
