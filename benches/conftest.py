@@ -1,0 +1,35 @@
+"""Fixtures of the benchmarks: every workload crossed with every implementation."""
+
+import _implementations
+import _workloads
+import pytest
+
+
+@pytest.fixture(params=_workloads.NAMES)
+def workload(request):
+    return _workloads.load(request.param)
+
+
+@pytest.fixture(params=_implementations.NAMES)
+def implementation(request, workload):
+    """A fresh model at the shared initial weights; skips when not installed."""
+    model = _implementations.build(request.param, workload)
+    yield model
+    model.close()
+
+
+@pytest.fixture
+def labelled_benchmark(workload, implementation, benchmark, request):
+    """Name the benchmark's group "<workload>-<operation>" for the report.
+
+    The operation is the test function's name without ``test_``.
+    """
+    operation = request.function.__name__.removeprefix("test_")
+    benchmark.group = f"{workload.name}-{operation}"
+    benchmark.extra_info.update(
+        workload=workload.name,
+        operation=operation,
+        implementation=implementation.name,
+        version=implementation.version,
+    )
+    return benchmark
