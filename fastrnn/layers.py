@@ -283,14 +283,6 @@ class SimpleRNN(Layer):
         db = self.gradients[2] if self.use_bias else self._scratch_bias_gradient
         return self.gradients[0], self.gradients[1], db
 
-    def fused_buffers(self, T, B):
-        """Work arrays for the fused train step, shared with forward/backward."""
-        buffers = self._buffers.get((T, B))
-        if "dh_last" not in buffers:
-            buffers["dh_last"] = np.empty((1, B, self.units), dtype=np.float32)
-            buffers["no_dx"] = _EMPTY_3D
-        return buffers
-
     def forward(self, x_tm, training):
         """x_tm (T, B, D) -> (T, B, H) if return_sequences else (B, H)."""
         T, B = x_tm.shape[0], x_tm.shape[1]

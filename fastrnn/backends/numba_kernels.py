@@ -198,7 +198,8 @@ def rnn_backward(dW, dU, db, dx_tm, dz, work, dh_out, hs, x_tm, W, U, activation
         dU[:] = 0
     db[:] = 0
     for i in range(T * B):
-        db += dz2[i]
+        for j in range(H):
+            db[j] += dz2[i, j]
     if dx_tm.size:
         np.dot(dz2, W.T, dx_tm.reshape(T * B, D))
 
@@ -413,22 +414,22 @@ def count_correct(p, y):
     return correct
 
 
-@kernel
+def train_scratch_size(T, rows, D, H, K):
+    """Elements of scratch that one part of ``rows`` batch rows needs."""
+    return T * rows * D + 2 * T * rows * H + 3 * rows * H + 3 * rows * K
+
+
+@parallel_kernel
 def rnn_dense_xent_train_step(
     params,
     grads,
     state_1,
     state_2,
-    hs,
-    work,
-    dz,
-    logits,
-    probs,
-    dlogits,
-    dh_last,
+    scratch,
+    part_grads,
     x_tm,
     y,
-    no_dx,
+    bounds,
     W,
     U,
     b,
@@ -445,47 +446,104 @@ def rnn_dense_xent_train_step(
 ):
     """Forward, loss, BPTT and optimizer update of SimpleRNN -> Dense -> softmax.
 
+    The batch is cut into parts by ``bounds``; each part runs forward and
+    backward on its own core, then the parts' gradients are summed and one
+    update is made.  On two cores this beats BLAS threading, which cannot split
+    the small per-step products profitably.
+
     params, grads (P,)  flat weights (W, U, b, V, c are views of params) and
                         gradients (dW, dU, db, dV, dc are views of grads)
     state_1, state_2 (P,)  optimizer state (see optimizer_update)
-    hs (T, B, H), work (2, B, H), dz (T, B, H)  as in rnn_forward/rnn_backward
-    logits, probs, dlogits (B, K), dh_last (1, B, H)  scratch
-    x_tm (T, B, D)  input, time-major;  y (B, K)  target distributions
-    no_dx (0, 0, 0)  tells rnn_backward to skip the input gradient
+    scratch (S, train_scratch_size(T, largest part, D, H, K))  one row per part
+    part_grads (S, G)   each part's gradients of W, U, b, V, c, flattened in
+                        that order (G = D H + H H + H + H K + K)
+    x_tm (T, B, D)      input, time-major;  y (B, K) target distributions
+    bounds (S + 1,)     part s holds batch rows bounds[s] to bounds[s + 1]
 
     Returns (mean loss, number of correct rows).  A loss that is not finite
     leaves params and the optimizer state untouched.
     """
-    T = x_tm.shape[0]
+    T, B, D = x_tm.shape
+    H = W.shape[1]
+    K = V.shape[1]
+    parts = bounds.shape[0] - 1
+    part_loss = np.zeros(parts)
+    part_correct = np.zeros(parts, dtype=np.int64)
+    for part in prange(parts):
+        first = bounds[part]
+        n = bounds[part + 1] - first
+        row = scratch[part]
 
-    # forward
-    rnn_forward(hs, work, x_tm, W, U, b, activation)
-    h_last = hs[T - 1]
-    dense_forward(logits, h_last, V, c)
+        # Carve this part's buffers out of its scratch row.
+        at = 0
+        x_part = row[at : at + T * n * D].reshape(T, n, D)
+        at += T * n * D
+        hs = row[at : at + T * n * H].reshape(T, n, H)
+        at += T * n * H
+        dz = row[at : at + T * n * H].reshape(T, n, H)
+        at += T * n * H
+        work = row[at : at + 2 * n * H].reshape(2, n, H)
+        at += 2 * n * H
+        dh_last = row[at : at + n * H].reshape(1, n, H)
+        at += n * H
+        logits = row[at : at + n * K].reshape(n, K)
+        at += n * K
+        probs = row[at : at + n * K].reshape(n, K)
+        at += n * K
+        dlogits = row[at : at + n * K].reshape(n, K)
+        g = part_grads[part]
+        at = 0
+        gW = g[at : at + D * H].reshape(D, H)
+        at += D * H
+        gU = g[at : at + H * H].reshape(H, H)
+        at += H * H
+        gb = g[at : at + H]
+        at += H
+        gV = g[at : at + H * K].reshape(H, K)
+        at += H * K
+        gc = g[at : at + K]
+        y_part = y[first : first + n]
+        for t in range(T):
+            x_part[t] = x_tm[t, first : first + n]
 
-    # loss, fused with the softmax
-    loss = softmax_xent_forward(probs, logits, y)
-    correct = count_correct(probs, y)
+        # forward
+        rnn_forward(hs, work, x_part, W, U, b, activation)
+        dense_forward(logits, hs[T - 1], V, c)
+
+        # loss, fused with the softmax; the part's mean is weighted by its share
+        part_loss[part] = softmax_xent_forward(probs, logits, y_part) * n
+        part_correct[part] = count_correct(probs, y_part)
+        softmax_xent_backward(dlogits, probs, y_part)
+        share = np.float32(n / B)
+        for i in range(n):
+            for k in range(K):
+                dlogits[i, k] *= share
+
+        # backward
+        dense_backward(gV, gc, dh_last[0], dlogits, hs[T - 1], V)
+        rnn_backward(
+            gW, gU, gb, x_part[:0], dz, work, dh_last, hs, x_part, W, U, activation
+        )
+
+    loss = part_loss.sum() / B
+    correct = part_correct.sum()
     if not np.isfinite(loss):
         return loss, correct
 
-    # backward
-    softmax_xent_backward(dlogits, probs, y)
-    dense_backward(dV, dc, dh_last[0], dlogits, h_last, V)
-    rnn_backward(
-        dW,
-        dU,
-        db,
-        no_dx,
-        dz,
-        work,
-        dh_last,
-        hs,
-        x_tm,
-        W,
-        U,
-        activation,
-    )
+    # The gradient of the batch mean is the sum of the parts' weighted gradients;
+    # it goes to the views of grads (or to scratch for a bias the model lacks).
+    total = part_grads[0]
+    for part in range(1, parts):
+        total += part_grads[part]
+    dW.reshape(D * H)[:] = total[: D * H]
+    at = D * H
+    dU.reshape(H * H)[:] = total[at : at + H * H]
+    at += H * H
+    db[:] = total[at : at + H]
+    at += H
+    dV.reshape(H * K)[:] = total[at : at + H * K]
+    at += H * K
+    dc[:] = total[at : at + K]
 
     # update
     optimizer_update(params, grads, state_1, state_2, optimizer, hyper)
