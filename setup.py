@@ -18,11 +18,15 @@ from setuptools.command.build_ext import build_ext
 # tanh and exp into blends (nothing here reads errno or the floating-point
 # exception flags; NaN and inf semantics are kept).  -march=native is safe for
 # `pip install .`, which compiles on the machine that runs the code; set
-# FASTRNN_PORTABLE=1 when building a wheel for other machines.  A compiler that
-# rejects a flag gets a second try with the portable flags alone.
+# FASTRNN_PORTABLE=1 when building a wheel for other machines.  OpenMP runs the
+# parts of the fused train step and the chunks of predict on every core; without
+# it (Apple's clang, for one) the same loops run on one thread.  A compiler that
+# rejects a flag gets the next set, down to the portable flags alone.
 PORTABLE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
 NATIVE_FLAGS = ["-march=native"]
+OPENMP_FLAGS = ["-fopenmp"]
 MSVC_FLAGS = ["/O2"]
+MSVC_OPENMP_FLAGS = ["/openmp"]
 
 
 def _say(message):
@@ -30,11 +34,15 @@ def _say(message):
 
 
 def _compile_flag_sets(compiler_type):
+    """(compile flags, link flags) to try in order, best first."""
     if compiler_type == "msvc":
-        return [MSVC_FLAGS]
+        return [(MSVC_FLAGS + MSVC_OPENMP_FLAGS, []), (MSVC_FLAGS, [])]
     if os.environ.get("FASTRNN_PORTABLE", "") not in ("", "0"):
-        return [PORTABLE_FLAGS]
-    return [PORTABLE_FLAGS + NATIVE_FLAGS, PORTABLE_FLAGS]
+        bases = [PORTABLE_FLAGS]
+    else:
+        bases = [PORTABLE_FLAGS + NATIVE_FLAGS, PORTABLE_FLAGS]
+    with_openmp = [(base + OPENMP_FLAGS, OPENMP_FLAGS) for base in bases]
+    return with_openmp + [(base, []) for base in bases]
 
 
 class OptionalBuildExt(build_ext):
@@ -59,8 +67,9 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext):
         error = None
-        for flags in _compile_flag_sets(self.compiler.compiler_type):
+        for flags, link_flags in _compile_flag_sets(self.compiler.compiler_type):
             ext.extra_compile_args = flags
+            ext.extra_link_args = link_flags
             try:
                 super().build_extension(ext)
             except Exception as caught:
@@ -100,7 +109,6 @@ setup(
         "scipy>=1.10",
         "scikit-learn>=1.3",
         # fastrnn.backends._threads sets the BLAS thread count through it.
-        "threadpoolctl>=3.1",
         "threadpoolctl>=3.1",
         "pooch>=1.8",
         "tqdm>=4.66",
