@@ -80,13 +80,17 @@ void fr_rmsprop_update(float *w, const float *g, float *velocity, ptrdiff_t P,
                        double learning_rate, double rho, double epsilon);
 
 /* the whole train step of SimpleRNN -> Dense -> softmax cross-entropy */
+ptrdiff_t fr_train_scratch_size(int T, int rows, int D, int H, int K);
 double fr_rnn_dense_xent_train_step(
     int *correct, float *params, float *grads, float *state_1, float *state_2,
-    float *hs, float *dz, float *logits, float *probs, float *dlogits,
-    float *dh_last, const float *x_tm, const float *y, const float *W,
+    float *scratch, float *part_grads, double *part_loss, int *part_correct,
+    const float *x_tm, const float *y, const int64_t *bounds, const float *W,
     const float *U, const float *b, const float *V, const float *c, float *dW,
-    float *dU, float *db, float *dV, float *dc, ptrdiff_t P, int T, int B, int D,
-    int H, int K, int activation, int optimizer, const double *hyper,
-    fr_sgemm_fn sgemm);
+    float *dU, float *db, float *dV, float *dc, ptrdiff_t P, ptrdiff_t scratch_row,
+    int parts, int T, int B, int D, int H, int K, int activation, int optimizer,
+    const double *hyper, fr_sgemm_fn sgemm);
+
+/* threads the parallel kernels may use: 1 when built without OpenMP */
+int fr_max_threads(void);
 
 #endif /* FASTRNN_KERNELS_H */

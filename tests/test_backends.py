@@ -439,10 +439,20 @@ OPTIMIZER_CASES = {
     "nesterov": (nk.SGD, (0.01, 0.9, 1.0)),
     "rmsprop": (nk.RMSPROP, (0.001, 0.9, 1e-7)),
 }
-FUSED_SHAPES = [(1, 1, 3, 4, 2), (3, 5, 2, 6, 4), (50, 28, 28, 50, 10)]
+# (B, T, D, H, K) and the part bounds: one part, two, uneven parts, B = 1, and the
+# MNIST workload as the models split it.
+FUSED_CASES = [
+    ((1, 1, 3, 4, 2), [0, 1]),
+    ((3, 5, 2, 6, 4), [0, 3]),
+    ((3, 5, 2, 6, 4), [0, 1, 3]),
+    ((7, 4, 3, 5, 3), [0, 3, 7]),
+    ((8, 3, 4, 4, 2), [0, 2, 4, 5, 8]),
+    ((50, 28, 28, 50, 10), [0, 25, 50]),
+]
+FUSED_IDS = [f"B{s[0]}-T{s[1]}-parts{len(b) - 1}" for s, b in FUSED_CASES]
 
 
-def train_step_arguments(shape, activation, optimizer, poison=False):
+def train_step_arguments(shape, bounds, activation, optimizer, poison=False):
     """Arguments of rnn_dense_xent_train_step laid out as the models lay them."""
     B, T, D, H, K = shape
     rng = np.random.default_rng(B + T)
@@ -461,11 +471,14 @@ def train_step_arguments(shape, activation, optimizer, poison=False):
     code, values = OPTIMIZER_CASES[optimizer]
     hyper = np.zeros(4)
     hyper[: len(values)] = values
+    bounds = np.array(bounds, dtype=np.int64)
+    parts = bounds.size - 1
+    rows = int(np.diff(bounds).max())
+    scratch = nans((parts, nk.train_scratch_size(T, rows, D, H, K)))
     return (
         params, grads, np.zeros(params.size, np.float32),
-        np.zeros(params.size, np.float32), nans((T, B, H)), nans((2, B, H)),
-        nans((T, B, H)), nans((B, K)), nans((B, K)), nans((B, K)), nans((1, B, H)),
-        x_tm, targets_for(rng, B, K, "onehot"), np.zeros((0, 0, 0), np.float32),
+        np.zeros(params.size, np.float32), scratch, nans((parts, offsets[-1])),
+        x_tm, targets_for(rng, B, K, "onehot"), bounds,
         *weights, *gradients, activation, code, hyper,
     )  # fmt: skip
 
@@ -473,18 +486,18 @@ def train_step_arguments(shape, activation, optimizer, poison=False):
 @needs_c
 @pytest.mark.parametrize("optimizer", list(OPTIMIZER_CASES))
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
-@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=[str(s) for s in FUSED_SHAPES])
-def test_rnn_dense_xent_train_step(shape, activation, optimizer):
-    ref = train_step_arguments(shape, activation, optimizer)
-    c = train_step_arguments(shape, activation, optimizer)
+@pytest.mark.parametrize("shape, bounds", FUSED_CASES, ids=FUSED_IDS)
+def test_rnn_dense_xent_train_step(shape, bounds, activation, optimizer):
+    ref = train_step_arguments(shape, bounds, activation, optimizer)
+    c = train_step_arguments(shape, bounds, activation, optimizer)
     ref_loss, ref_correct = nk.rnn_dense_xent_train_step(*ref)
     c_loss, c_correct = ck.rnn_dense_xent_train_step(*c)
     assert np.isfinite(ref_loss)
     assert type(c_loss) is float
     assert c_loss == pytest.approx(ref_loss, rel=TOL, abs=TOL)
     assert c_correct == ref_correct
-    # params, grads, both optimizer states, hs, dz, probabilities, dlogits
-    for index in (0, 1, 2, 3, 4, 6, 8, 9):
+    # params, grads, both optimizer states, every part's gradients
+    for index in (0, 1, 2, 3, 5):
         agree(c[index], ref[index])
 
     # Later steps start from weights that differ by rounding, which Adam's
@@ -497,13 +510,44 @@ def test_rnn_dense_xent_train_step(shape, activation, optimizer):
 
 
 @needs_c
+def test_rnn_dense_xent_train_step_does_not_depend_on_the_split():
+    # The parts' weighted gradients sum to those of the whole batch.
+    whole = train_step_arguments((7, 4, 3, 5, 3), [0, 7], nk.TANH, "sgd")
+    split = train_step_arguments((7, 4, 3, 5, 3), [0, 3, 7], nk.TANH, "sgd")
+    whole_loss, whole_correct = ck.rnn_dense_xent_train_step(*whole)
+    split_loss, split_correct = ck.rnn_dense_xent_train_step(*split)
+    assert split_loss == pytest.approx(whole_loss, rel=TOL, abs=TOL)
+    assert split_correct == whole_correct
+    agree(split[1], whole[1])
+    agree(split[0], whole[0])
+
+
+@needs_c
 def test_rnn_dense_xent_train_step_skips_the_update_on_a_non_finite_loss():
-    c = train_step_arguments((3, 4, 2, 5, 3), nk.TANH, "adam", poison=True)
+    c = train_step_arguments((3, 4, 2, 5, 3), [0, 1, 3], nk.TANH, "adam", poison=True)
     params = c[0].copy()
     loss, _ = ck.rnn_dense_xent_train_step(*c)
     assert np.isnan(loss)
     np.testing.assert_array_equal(c[0], params)
+    assert np.isnan(c[1]).all()
     np.testing.assert_array_equal(c[2], 0.0)
+
+
+@needs_c
+@pytest.mark.parametrize("bounds", [[0, 4, 3], [1, 3, 8], [-1, 3], [0], []], ids=str)
+def test_rnn_dense_xent_train_step_rejects_bad_bounds(bounds):
+    arguments = list(train_step_arguments((7, 4, 3, 5, 3), [0, 7], nk.TANH, "sgd"))
+    arguments[8] = np.array(bounds, dtype=np.int64)
+    with pytest.raises(ValueError, match="rnn_dense_xent_train_step"):
+        ck.rnn_dense_xent_train_step(*arguments)
+
+
+@needs_c
+def test_rnn_dense_xent_train_step_rejects_scratch_too_small_for_a_part():
+    arguments = list(train_step_arguments((7, 4, 3, 5, 3), [0, 3, 7], nk.TANH, "sgd"))
+    arguments[4] = nans((2, nk.train_scratch_size(4, 3, 3, 5, 3)))
+    with pytest.raises(ValueError, match="scratch"):
+        ck.rnn_dense_xent_train_step(*arguments)
 
 
 # --------------------------------------------------------------------------

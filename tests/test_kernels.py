@@ -13,6 +13,7 @@ import numpy_twin as twin
 import pytest
 
 from fastrnn import backends
+from fastrnn.backends import numba_kernels
 
 F32 = np.float32
 
@@ -487,16 +488,24 @@ def twin_update(twin_name, w, g, state, t, learning_rate, options):
     return w, [velocity]
 
 
+# (B, T, D, H, K) and the bounds of the parts the batch is cut into: B = 1, one
+# part, two, uneven parts, and the MNIST shape cut as the models cut it.
+FUSED_CASES = {
+    "B1-T1": ((1, 1, 3, 4, 2), [0, 1]),
+    "B4-T6-1part": ((4, 6, 5, 3, 7), [0, 4]),
+    "B4-T6-2parts": ((4, 6, 5, 3, 7), [0, 2, 4]),
+    "B7-uneven": ((7, 4, 3, 5, 3), [0, 3, 7]),
+    "mnist-2parts": ((50, 28, 28, 50, 10), [0, 25, 50]),
+}
+
+
 @pytest.mark.parametrize("optimizer", list(FUSED_OPTIMIZERS))
 @pytest.mark.parametrize("name", twin.ACTIVATIONS)
-@pytest.mark.parametrize(
-    "shape",
-    [(1, 1, 3, 4, 2), (4, 6, 5, 3, 7), (50, 28, 28, 50, 10)],
-    ids=["B1-T1", "B4-T6", "mnist"],
-)
-def test_rnn_dense_xent_train_step(kernels, shape, name, optimizer):
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_rnn_dense_xent_train_step(kernels, case, name, optimizer):
     if not hasattr(kernels, "rnn_dense_xent_train_step"):
         pytest.skip("this backend has no fused train step")
+    shape, bounds = FUSED_CASES[case]
     B, T, D, H, K = shape
     code, twin_name, options = FUSED_OPTIMIZERS[optimizer]
     learning_rate = 0.01
@@ -510,11 +519,17 @@ def test_rnn_dense_xent_train_step(kernels, shape, name, optimizer):
     shapes = [(D, H), (H, H), (H,), (H, K), (K,)]
     params = np.concatenate([w.ravel() for w in (W, U, b, V, c)])
     grads = nan_array(params.size)
-    bounds = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
-    spans = list(zip(bounds, bounds[1:], shapes))
+    offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+    spans = list(zip(offsets, offsets[1:], shapes))
     views = [params[i:j].reshape(s) for i, j, s in spans]
     dviews = [grads[i:j].reshape(s) for i, j, s in spans]
     state = [np.zeros(params.size, F32) for _ in range(2 if code == 0 else 1)]
+
+    # One scratch row and one gradient row per part, sized for the largest part.
+    bounds = np.array(bounds, dtype=np.int64)
+    parts = bounds.size - 1
+    rows = int(np.diff(bounds).max())
+    scratch_size = numba_kernels.train_scratch_size(T, rows, D, H, K)
 
     for t in range(1, 4):
         before = [w.astype(np.float64) for w in views]
@@ -522,10 +537,8 @@ def test_rnn_dense_xent_train_step(kernels, shape, name, optimizer):
         state_before = [s.astype(np.float64) for s in state]
 
         loss, correct = kernels.rnn_dense_xent_train_step(
-            params, grads, state[0], state[-1],
-            nan_array((T, B, H)), nan_array((2, B, H)), nan_array((T, B, H)),
-            nan_array((B, K)), nan_array((B, K)), nan_array((B, K)),
-            nan_array((1, B, H)), x_tm, y, np.zeros((0, 0, 0), dtype=F32),
+            params, grads, state[0], state[-1], nan_array((parts, scratch_size)),
+            nan_array((parts, params.size)), x_tm, y, bounds,
             *views, *dviews, twin.ACTIVATION_CODES[name], code,
             fused_hyper(code, learning_rate, t, options),
         )  # fmt: skip

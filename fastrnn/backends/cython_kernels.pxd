@@ -58,12 +58,15 @@ cdef extern from "fastrnn_kernels.h" nogil:
         double learning_rate, double rho, double epsilon
     )
 
+    Py_ssize_t fr_train_scratch_size(int T, int rows, int D, int H, int K)
     double fr_rnn_dense_xent_train_step(
         int *correct, float *params, float *grads, float *state_1, float *state_2,
-        float *hs, float *dz, float *logits, float *probs, float *dlogits,
-        float *dh_last, const float *x_tm, const float *y, const float *W,
+        float *scratch, float *part_grads, double *part_loss, int *part_correct,
+        const float *x_tm, const float *y, const int64_t *bounds, const float *W,
         const float *U, const float *b, const float *V, const float *c, float *dW,
-        float *dU, float *db, float *dV, float *dc, Py_ssize_t P, int T, int B, int D,
-        int H, int K, int activation, int optimizer, const double *hyper,
-        fr_sgemm_fn sgemm
+        float *dU, float *db, float *dV, float *dc, Py_ssize_t P,
+        Py_ssize_t scratch_row, int parts, int T, int B, int D, int H, int K,
+        int activation, int optimizer, const double *hyper, fr_sgemm_fn sgemm
     )
+
+    int fr_max_threads()

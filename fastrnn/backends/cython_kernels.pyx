@@ -7,7 +7,9 @@ conventions.
 Each function checks that the shapes of its arrays agree and then calls C
 without the GIL.  The check is the one thing added here: where a Numba product
 raises on a bad shape, C would read or write out of bounds.  The matrix
-products run through SciPy's BLAS, handed to C as a function pointer.
+products run through SciPy's BLAS, handed to C as a function pointer.  The
+fused train step spreads its parts over OpenMP threads when the extension was
+built with OpenMP.
 
 TODO: no C twin yet of ``numba_kernels.rnn_dense_predict`` (chunked inference
 on every core); on this backend predict and evaluate run the per-layer kernels
@@ -16,6 +18,7 @@ on one thread.
 
 import numpy as np
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.limits cimport INT_MAX
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm
@@ -340,21 +343,21 @@ def rmsprop_update(
 ADAM, SGD, RMSPROP = 0, 1, 2
 
 
+def train_scratch_size(T, rows, D, H, K):
+    """Elements of scratch that one part of ``rows`` batch rows needs."""
+    return fr_train_scratch_size(_dim(T), _dim(rows), _dim(D), _dim(H), _dim(K))
+
+
 def rnn_dense_xent_train_step(
     float[::1] params,
     float[::1] grads,
     float[::1] state_1,
     float[::1] state_2,
-    float[:, :, ::1] hs,
-    float[:, :, ::1] work,
-    float[:, :, ::1] dz,
-    float[:, ::1] logits,
-    float[:, ::1] probs,
-    float[:, ::1] dlogits,
-    float[:, :, ::1] dh_last,
+    float[:, ::1] scratch,
+    float[:, ::1] part_grads,
     const float[:, :, ::1] x_tm,
     const float[:, ::1] y,
-    float[:, :, ::1] no_dx,
+    const int64_t[::1] bounds,
     const float[:, ::1] W,
     const float[:, ::1] U,
     const float[::1] b,
@@ -372,50 +375,69 @@ def rnn_dense_xent_train_step(
     """Forward, loss, BPTT and optimizer update of SimpleRNN -> Dense -> softmax.
 
     The arguments are those of the Numba twin: W, U, b, V, c are views of the
-    flat params (P,), dW, dU, db, dV, dc of grads (P,); state_1, state_2 (P,)
-    the optimizer state; hs, dz (T, B, H); logits, probs, dlogits (B, K);
-    dh_last (1, B, H); x_tm (T, B, D); y (B, K).  work and no_dx are kept for
-    the shared signature and not touched.  hyper (float64) holds the optimizer's
-    hyperparameters, see ``optimizer_update`` of the Numba twin.
+    flat params (P,), dW, dU, db, dV, dc of grads (P,) (or of other memory for
+    an absent bias); state_1, state_2 (P,) the optimizer state; scratch (S, at
+    least ``train_scratch_size(T, largest part, D, H, K)``) and part_grads
+    (S, D H + H H + H + H K + K) one row per part; x_tm (T, B, D); y (B, K);
+    bounds (S + 1,) int64, part s holding batch rows bounds[s] to bounds[s + 1].
+    hyper (float64) holds the optimizer's hyperparameters, see
+    ``optimizer_update`` of the Numba twin.  The parts run on separate OpenMP
+    threads.
 
     Returns (mean loss, number of correct rows).  A loss that is not finite
     leaves params and the optimizer state untouched.
     """
     cdef int T = _dim(x_tm.shape[0]), B = _dim(x_tm.shape[1])
     cdef int D = _dim(x_tm.shape[2]), H = _dim(W.shape[1]), K = _dim(V.shape[1])
+    cdef int parts = _dim(bounds.shape[0] - 1) if bounds.shape[0] > 0 else 0
     cdef Py_ssize_t P = params.shape[0]
-    cdef int correct
+    cdef Py_ssize_t G = D * H + H * H + H + H * K + K
+    cdef Py_ssize_t rows = 0
+    cdef int correct, part
     cdef double loss
+    cdef double *part_loss
+    cdef int *part_correct
     _dim(x_tm.shape[0] * x_tm.shape[1])
+    # Parts must lie inside the batch, in order: C trusts them as row offsets.
+    cdef bint ordered = parts >= 1 and bounds[0] >= 0 and bounds[parts] <= B
+    for part in range(parts):
+        ordered = ordered and bounds[part] <= bounds[part + 1]
+        rows = max(rows, bounds[part + 1] - bounds[part])
     if not (
-        T >= 1
+        T >= 1 and ordered
         and W.shape[0] == D and U.shape[0] == H and U.shape[1] == H
         and b.shape[0] == H and V.shape[0] == H and c.shape[0] == K
         and dW.shape[0] == D and dW.shape[1] == H
         and dU.shape[0] == H and dU.shape[1] == H and db.shape[0] == H
         and dV.shape[0] == H and dV.shape[1] == K and dc.shape[0] == K
         and grads.shape[0] == P and state_1.shape[0] == P and state_2.shape[0] == P
-        and hs.shape[0] == T and hs.shape[1] == B and hs.shape[2] == H
-        and dz.shape[0] == T and dz.shape[1] == B and dz.shape[2] == H
-        and logits.shape[0] == B and logits.shape[1] == K
-        and probs.shape[0] == B and probs.shape[1] == K
-        and dlogits.shape[0] == B and dlogits.shape[1] == K
-        and dh_last.shape[0] == 1 and dh_last.shape[1] == B and dh_last.shape[2] == H
+        and scratch.shape[0] >= parts
+        and scratch.shape[1] >= fr_train_scratch_size(T, <int>rows, D, H, K)
+        and part_grads.shape[0] >= parts and part_grads.shape[1] == G
         and y.shape[0] == B and y.shape[1] == K
         and hyper.shape[0] >= (4 if optimizer == ADAM else 3)
     ):
         raise _mismatch(
             "rnn_dense_xent_train_step", params=params, grads=grads,
-            state_1=state_1, state_2=state_2, hs=hs, dz=dz, logits=logits,
-            probs=probs, dlogits=dlogits, dh_last=dh_last, x_tm=x_tm, y=y, W=W,
-            U=U, b=b, V=V, c=c, dW=dW, dU=dU, db=db, dV=dV, dc=dc, hyper=hyper,
+            state_1=state_1, state_2=state_2, scratch=scratch, part_grads=part_grads,
+            x_tm=x_tm, y=y, bounds=bounds, W=W, U=U, b=b, V=V, c=c, dW=dW, dU=dU,
+            db=db, dV=dV, dc=dc, hyper=hyper,
         )
-    with nogil:
-        loss = fr_rnn_dense_xent_train_step(
-            &correct, &params[0], &grads[0], &state_1[0], &state_2[0],
-            &hs[0, 0, 0], &dz[0, 0, 0], &logits[0, 0], &probs[0, 0], &dlogits[0, 0],
-            &dh_last[0, 0, 0], &x_tm[0, 0, 0], &y[0, 0], &W[0, 0], &U[0, 0], &b[0],
-            &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0], &db[0], &dV[0, 0], &dc[0],
-            P, T, B, D, H, K, activation, optimizer, &hyper[0], _sgemm,
-        )
+    part_loss = <double *>PyMem_Malloc(parts * sizeof(double))
+    part_correct = <int *>PyMem_Malloc(parts * sizeof(int))
+    try:
+        if part_loss == NULL or part_correct == NULL:
+            raise MemoryError()
+        with nogil:
+            loss = fr_rnn_dense_xent_train_step(
+                &correct, &params[0], &grads[0], &state_1[0], &state_2[0],
+                &scratch[0, 0], &part_grads[0, 0], part_loss, part_correct,
+                &x_tm[0, 0, 0], &y[0, 0], &bounds[0], &W[0, 0], &U[0, 0], &b[0],
+                &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0], &db[0], &dV[0, 0], &dc[0],
+                P, scratch.shape[1], parts, T, B, D, H, K, activation, optimizer,
+                &hyper[0], _sgemm,
+            )
+    finally:
+        PyMem_Free(part_loss)
+        PyMem_Free(part_correct)
     return loss, correct
