@@ -90,6 +90,13 @@ double fr_rnn_dense_xent_train_step(
     int parts, int T, int B, int D, int H, int K, int activation, int optimizer,
     const double *hyper, fr_sgemm_fn sgemm);
 
+/* inference of SimpleRNN -> Dense on many samples */
+int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
+                         const float *U, const float *b, const float *V,
+                         const float *c, ptrdiff_t sample_stride,
+                         ptrdiff_t step_stride, int B, int T, int D, int H, int K,
+                         int chunk, int activation, fr_sgemm_fn sgemm);
+
 /* threads the parallel kernels may use: 1 when built without OpenMP */
 int fr_max_threads(void);
 

@@ -85,13 +85,9 @@ def rnn_weights(rng, D, H):
 # the contract
 
 
-# Kernels beyond KERNEL_NAMES that the models use when a backend has them.
-OPTIONAL_KERNELS_IN_C = ("rnn_dense_xent_train_step",)
-
-
 @needs_c
 def test_every_kernel_has_the_reference_signature():
-    for name in backends.KERNEL_NAMES + OPTIONAL_KERNELS_IN_C:
+    for name in backends.KERNEL_NAMES + backends.OPTIONAL_KERNEL_NAMES:
         reference = inspect.signature(getattr(nk, name).py_func)
         built = inspect.signature(getattr(ck, name))
         assert list(built.parameters) == list(reference.parameters), name
@@ -548,6 +544,117 @@ def test_rnn_dense_xent_train_step_rejects_scratch_too_small_for_a_part():
     arguments[4] = nans((2, nk.train_scratch_size(4, 3, 3, 5, 3)))
     with pytest.raises(ValueError, match="scratch"):
         ck.rnn_dense_xent_train_step(*arguments)
+
+
+# --------------------------------------------------------------------------
+# inference
+
+# (B, T, D, H, K): B = 1, T = 1, one chunk, several chunks with a short last one,
+# more rows than one block of chunks per thread.
+PREDICT_SHAPES = [
+    (1, 1, 3, 4, 2),
+    (1, 6, 5, 3, 4),
+    (7, 4, 3, 5, 3),
+    (nk.PREDICT_CHUNK + 45, 5, 4, 6, 3),
+    (4 * nk.PREDICT_CHUNK + 3, 3, 2, 4, 5),
+]
+PREDICT_IDS = [f"B{b}-T{t}-D{d}-H{h}-K{k}" for b, t, d, h, k in PREDICT_SHAPES]
+
+
+def predict_weights(rng, D, H, K):
+    W, U, b = rnn_weights(rng, D, H)
+    return W, U, b, normal(rng, (H, K)), normal(rng, K)
+
+
+def predict_on_both(x, weights, activation):
+    """(Numba logits, C logits, Numba's finite flag, C's finite flag)."""
+    K = weights[3].shape[1]
+    ref, c = nans((x.shape[0], K)), nans((x.shape[0], K))
+    ref_finite = nk.rnn_dense_predict(ref, x, *weights, activation)
+    c_finite = ck.rnn_dense_predict(c, x, *weights, activation)
+    return ref, c, ref_finite, c_finite
+
+
+def layouts(x):
+    """The same values (B, T, D) in the dtypes and layouts the models pass."""
+    B, T, D = x.shape
+    time_major = np.ascontiguousarray(x.transpose(1, 0, 2))
+    every_other = np.empty((2 * B, T, D), np.float32)
+    every_other[::2] = x
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    return {
+        "float32": x,
+        "float64": x.astype(np.float64),
+        "time_major_view": time_major.transpose(1, 0, 2),
+        "every_other_sample": every_other[::2],
+        "fortran": np.asfortranarray(x),
+        "reversed_steps": np.ascontiguousarray(x[:, ::-1])[:, ::-1],
+        "read_only": read_only,
+    }
+
+
+LAYOUTS = list(layouts(np.zeros((1, 1, 1), np.float32)))
+
+
+@needs_c
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
+@pytest.mark.parametrize("shape", PREDICT_SHAPES, ids=PREDICT_IDS)
+def test_rnn_dense_predict(shape, activation, layout):
+    B, T, D, H, K = shape
+    rng = np.random.default_rng(B + T)
+    weights = predict_weights(rng, D, H, K)
+    x = layouts(normal(rng, (B, T, D)))[layout]
+    ref, c, ref_finite, c_finite = predict_on_both(x, weights, activation)
+    assert ref_finite and c_finite is True
+    agree(c, ref)
+
+
+@needs_c
+def test_rnn_dense_predict_takes_integer_input():
+    rng = np.random.default_rng(3)
+    weights = predict_weights(rng, 4, 5, 3)
+    x = rng.integers(0, 3, (9, 6, 4)).astype(np.uint8)
+    ref, c, _, c_finite = predict_on_both(x, weights, nk.TANH)
+    assert c_finite
+    agree(c, ref)
+
+
+@needs_c
+@pytest.mark.parametrize("layout", ["float32", "float64", "time_major_view"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1e39], ids=str)
+def test_rnn_dense_predict_reports_non_finite_input(value, layout):
+    if value == 1e39 and layout != "float64":
+        pytest.skip("only float64 holds a value beyond float32's range")
+    B, T, D, H, K = nk.PREDICT_CHUNK + 45, 4, 3, 5, 2
+    rng = np.random.default_rng(4)
+    weights = predict_weights(rng, D, H, K)
+    x = layouts(normal(rng, (B, T, D)))[layout]
+    x[B - 2, T - 1, D - 1] = value
+    ref, c, ref_finite, c_finite = predict_on_both(x, weights, nk.TANH)
+    assert not ref_finite
+    assert c_finite is False
+    # Rows without the bad value are still computed.
+    agree(c[: B - 2], ref[: B - 2])
+
+
+@needs_c
+def test_rnn_dense_predict_of_no_samples():
+    weights = predict_weights(np.random.default_rng(0), 3, 4, 2)
+    logits = nans((0, 2))
+    assert ck.rnn_dense_predict(logits, np.zeros((0, 5, 3)), *weights, nk.TANH)
+
+
+@needs_c
+def test_rnn_dense_predict_rejects_shapes_that_do_not_agree():
+    weights = predict_weights(np.random.default_rng(0), 3, 4, 2)
+    with pytest.raises(ValueError, match="rnn_dense_predict.*logits \\(5, 3\\)"):
+        ck.rnn_dense_predict(nans((5, 3)), np.zeros((5, 2, 3)), *weights, nk.TANH)
+    with pytest.raises(ValueError, match="rnn_dense_predict"):
+        ck.rnn_dense_predict(nans((5, 2)), np.zeros((5, 2, 4)), *weights, nk.TANH)
+    with pytest.raises(ValueError, match="\\(B, T, D\\)"):
+        ck.rnn_dense_predict(nans((5, 2)), np.zeros((5, 3)), *weights, nk.TANH)
 
 
 # --------------------------------------------------------------------------

@@ -33,6 +33,10 @@ KERNEL_NAMES = (
     "rmsprop_update",
 )
 
+# Kernels a backend may provide.  Models use them when the backend has them
+# (``hasattr``) and otherwise run the per-layer kernels of ``KERNEL_NAMES``.
+OPTIONAL_KERNEL_NAMES = ("rnn_dense_xent_train_step", "rnn_dense_predict")
+
 _MODULES = {
     "numba": "fastrnn.backends.numba_kernels",
     "cython": "fastrnn.backends.cython_kernels",

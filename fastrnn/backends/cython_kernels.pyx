@@ -8,12 +8,8 @@ Each function checks that the shapes of its arrays agree and then calls C
 without the GIL.  The check is the one thing added here: where a Numba product
 raises on a bad shape, C would read or write out of bounds.  The matrix
 products run through SciPy's BLAS, handed to C as a function pointer.  The
-fused train step spreads its parts over OpenMP threads when the extension was
-built with OpenMP.
-
-TODO: no C twin yet of ``numba_kernels.rnn_dense_predict`` (chunked inference
-on every core); on this backend predict and evaluate run the per-layer kernels
-on one thread.
+fused train step and predict spread their work over OpenMP threads when the
+extension was built with OpenMP.
 """
 
 import numpy as np
@@ -22,6 +18,9 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.limits cimport INT_MAX
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm
+
+from fastrnn.backends.convert import sequence_to_time_major
+from fastrnn.backends.numba_kernels import PREDICT_CHUNK
 
 LINEAR, TANH, RELU, SIGMOID = 0, 1, 2, 3
 
@@ -441,3 +440,108 @@ def rnn_dense_xent_train_step(
         PyMem_Free(part_loss)
         PyMem_Free(part_correct)
     return loss, correct
+
+
+# --------------------------------------------------------------------------
+# inference of SimpleRNN -> Dense on many samples
+
+
+def _readable_in_place(x):
+    """Element strides (between samples, between steps) of a float32 x (B, T, D)
+    that C can read without a copy, or None."""
+    B, T, D = x.shape
+    if x.dtype != np.float32 or not x.dtype.isnative or not x.flags.aligned:
+        return None
+    sample, step, feature = (s // 4 for s in x.strides)
+    if any(s % 4 for s in x.strides) or (D > 1 and feature != 1):
+        return None
+    # A stride along an axis of length 1 is never followed; BLAS still wants
+    # the distance between rows to cover a row.
+    sample = max(D, 1) if B == 1 else sample
+    step = 0 if T == 1 else step
+    if sample < max(D, 1) or sample > INT_MAX or step < 0:
+        return None
+    return sample, step
+
+
+def rnn_dense_predict(
+    float[:, ::1] logits,
+    x,
+    const float[:, ::1] W,
+    const float[:, ::1] U,
+    const float[::1] b,
+    const float[:, ::1] V,
+    const float[::1] c,
+    int activation,
+):
+    """logits = h_T V + c for every sample, in chunks spread over the threads.
+
+    logits (B, K) out;  x (B, T, D) any real dtype and layout
+    W (D, H), U (H, H), b (H,), V (H, K), c (K,)
+
+    A float32 x whose features are contiguous (C order, or a transposed view of
+    a time-major array) is read where it lies.  Any other x is converted to
+    float32, time-major, one block of chunks at a time, so memory stays bounded
+    whatever B is.  Returns False if x holds a value that is not finite in
+    float32.
+    """
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"rnn_dense_predict: x must be (B, T, D), got {x.shape}")
+    cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1]), D = _dim(x.shape[2])
+    cdef int H = _dim(W.shape[1]), K = _dim(V.shape[1])
+    if not (
+        logits.shape[0] == B and logits.shape[1] == K
+        and W.shape[0] == D and U.shape[0] == H and U.shape[1] == H
+        and b.shape[0] == H and V.shape[0] == H and c.shape[0] == K
+    ):
+        raise _mismatch(
+            "rnn_dense_predict", logits=logits, x=x, W=W, U=U, b=b, V=V, c=c
+        )
+    if B == 0:
+        return True
+    strides = _readable_in_place(x) if T > 0 and D > 0 else None
+    if strides is not None:
+        return _predict_block(logits, x, W, U, b, V, c, strides[0], strides[1],
+                              activation)
+
+    # One block feeds every thread a chunk; each block is converted, then run.
+    cdef int block = PREDICT_CHUNK * fr_max_threads()
+    buffer = np.empty(T * min(B, block) * D, dtype=np.float32)
+    finite = True
+    for start in range(0, B, block):
+        stop = min(B, start + block)
+        x_tm = buffer[: T * (stop - start) * D].reshape(T, stop - start, D)
+        finite = sequence_to_time_major(x_tm, x[start:stop]) and finite
+        finite = _predict_block(
+            logits[start:stop], x_tm.transpose(1, 0, 2), W, U, b, V, c, D,
+            (stop - start) * D, activation,
+        ) and finite
+    return bool(finite)
+
+
+cdef bint _predict_block(
+    float[:, ::1] logits,
+    const float[:, :, :] x,
+    const float[:, ::1] W,
+    const float[:, ::1] U,
+    const float[::1] b,
+    const float[:, ::1] V,
+    const float[::1] c,
+    Py_ssize_t sample_stride,
+    Py_ssize_t step_stride,
+    int activation,
+) except -1:
+    # x (B, T, D) float32 with the given element strides (see _readable_in_place)
+    cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1]), D = _dim(x.shape[2])
+    cdef int H = _dim(W.shape[1]), K = _dim(V.shape[1])
+    cdef int finite
+    cdef int chunk = PREDICT_CHUNK
+    with nogil:
+        finite = fr_rnn_dense_predict(
+            &logits[0, 0], &x[0, 0, 0], &W[0, 0], &U[0, 0], &b[0], &V[0, 0], &c[0],
+            sample_stride, step_stride, B, T, D, H, K, chunk, activation, _sgemm,
+        )
+    if finite < 0:
+        raise MemoryError("rnn_dense_predict: no memory for the hidden states")
+    return finite
