@@ -1,8 +1,17 @@
-"""Fixtures of the benchmarks: every workload crossed with every implementation."""
+"""Fixtures of the benchmarks: every workload crossed with every implementation.
+
+Plain ``pytest`` runs each benchmark once as a test, so the benchmarks cannot
+rot; ``pytest --benchmark-only`` times them.
+"""
 
 import _implementations
 import _workloads
 import pytest
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "benchmark_only") and not config.option.benchmark_only:
+        config.option.benchmark_disable = True
 
 
 @pytest.fixture(params=_workloads.NAMES)

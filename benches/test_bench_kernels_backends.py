@@ -117,7 +117,7 @@ def make_train_case():
         rng.random((T, B, D)).astype(f32), y, bounds,
         *[params[i:j].reshape(s) for i, j, s in spans],
         *[grads[i:j].reshape(s) for i, j, s in spans],
-        TANH, ADAM, hyper,
+        TANH, ADAM, hyper, 2,
     )  # fmt: skip
 
 

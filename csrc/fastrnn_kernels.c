@@ -578,7 +578,7 @@ double fr_rnn_dense_xent_train_step(
     const float *U, const float *b, const float *V, const float *c, float *dW,
     float *dU, float *db, float *dV, float *dc, ptrdiff_t P, ptrdiff_t scratch_row,
     int parts, int T, int B, int D, int H, int K, int activation, int optimizer,
-    const double *hyper, fr_sgemm_fn sgemm)
+    const double *hyper, int threads, fr_sgemm_fn sgemm)
 {
     /*
      * correct             out: rows predicted right
@@ -600,9 +600,13 @@ double fr_rnn_dense_xent_train_step(
      * the optimizer state untouched.
      */
     const ptrdiff_t G = (ptrdiff_t)D * H + (ptrdiff_t)H * H + H + (ptrdiff_t)H * K + K;
-    const int threads = team_size(parts);
     double loss = 0.0;
     float *total = part_grads;
+
+    /* The caller chooses the thread count (1 runs the parts one after the
+     * other, with the same arithmetic), capped by the parts and the cores. */
+    threads = threads < team_size(parts) ? threads : team_size(parts);
+    threads = threads > 1 ? threads : 1;
 
     /* Each part runs on its own thread, with BLAS on one thread inside it: the
      * products of a few dozen rows are too small for BLAS to split well. */

@@ -88,7 +88,7 @@ double fr_rnn_dense_xent_train_step(
     const float *U, const float *b, const float *V, const float *c, float *dW,
     float *dU, float *db, float *dV, float *dc, ptrdiff_t P, ptrdiff_t scratch_row,
     int parts, int T, int B, int D, int H, int K, int activation, int optimizer,
-    const double *hyper, fr_sgemm_fn sgemm);
+    const double *hyper, int threads, fr_sgemm_fn sgemm);
 
 /* inference of SimpleRNN -> Dense on many samples */
 int fr_rnn_dense_predict(float *logits, const float *x, const float *W,

@@ -26,8 +26,52 @@ from fastrnn.backends import _threads, convert, kernels, numba_kernels
 from fastrnn.layers import Activation, Dense, Layer, SimpleRNN
 from fastrnn.utils.random import get_rng
 
-# Fewest batch rows per core for the fused train step to split a batch.
+# The fused train step cuts a batch into this many parts (fewer for batches of
+# under _MIN_ROWS_PER_PART rows a part).  The cut never depends on the machine or
+# its thread count, so neither do the results.
+_TRAIN_PARTS = 2
 _MIN_ROWS_PER_PART = 16
+
+
+class _ThreadChooser:
+    """Runs the parts of the fused train step on one core or on all, by timing.
+
+    On an idle two-core machine two threads make a MNIST-sized step about 1.5
+    times faster; when another process holds a core, the thread that waits for
+    it makes the step many times slower.  So both ways are timed as training
+    goes: each is tried a few times, the faster of the recent medians is used,
+    and the other is tried again every ``REPROBE`` steps.  Both give the same
+    numbers, so the choice only affects speed.
+    """
+
+    SAMPLES = 9
+    REPROBE = 200
+
+    def __init__(self, cores):
+        self.options = (1, cores) if cores > 1 else (1,)
+        self.times = {threads: [] for threads in self.options}
+        self.steps = 0
+
+    def choose(self):
+        self.steps += 1
+        for threads in self.options:
+            if len(self.times[threads]) < 3:
+                return threads
+        best = min(self.options, key=self._median)
+        if self.steps % self.REPROBE == 0:
+            return max(self.options, key=self._median)
+        return best
+
+    def record(self, threads, seconds):
+        times = self.times[threads]
+        times.append(seconds)
+        if len(times) > self.SAMPLES:
+            del times[0]
+
+    def _median(self, threads):
+        times = sorted(self.times[threads])
+        return times[len(times) // 2]
+
 
 _ACCURACY_NAMES = (
     "accuracy",
@@ -115,6 +159,7 @@ class Sequential:
         self._buffers = _InputBuffers()
         self._row_buffers = {}
         self._fused_cache = {}
+        self._thread_chooser = None
         for layer in layers or []:
             self.add(layer)
 
@@ -635,10 +680,7 @@ class Sequential:
         key = (T, B)
         cached = self._fused_cache.get(key)
         if cached is None:
-            # Two parts (one per core) once each part has enough rows to pay
-            # for the thread hand-off; measured on the MNIST and digits shapes.
-            cores = min(os.cpu_count() or 1, numba.get_num_threads())
-            parts = max(1, min(cores, B // _MIN_ROWS_PER_PART))
+            parts = max(1, min(_TRAIN_PARTS, B // _MIN_ROWS_PER_PART))
             bounds = np.linspace(0, B, parts + 1).round().astype(np.int64)
             rows = int(np.max(np.diff(bounds)))
             size = numba_kernels.train_scratch_size(T, rows, D, H, K)
@@ -649,6 +691,7 @@ class Sequential:
                 bounds,
             )
             self._fused_cache = {key: cached}
+            self._thread_chooser = None
         return cached
 
     def _train_fused(self, rnn, dense, inputs, targets):
@@ -663,12 +706,18 @@ class Sequential:
         dV, dc = dense.gradient_arguments()
         # The parts run on separate cores: BLAS must not add threads of its own.
         _threads.use_threads_for_batch(1)
+        if self._thread_chooser is None:
+            cores = min(os.cpu_count() or 1, numba.get_num_threads())
+            self._thread_chooser = _ThreadChooser(min(cores, len(bounds) - 1))
+        threads = self._thread_chooser.choose()
+        started = time.perf_counter()
         loss, correct = kernels().rnn_dense_xent_train_step(
             self._params, self._grads, state_1, state_2, scratch, part_grads,
             inputs, targets, bounds,
             W, U, b, V, c, dW, dU, db, dV, dc,
-            rnn.activation_code, code, hyper,
+            rnn.activation_code, code, hyper, threads,
         )  # fmt: skip
+        self._thread_chooser.record(threads, time.perf_counter() - started)
         accuracy = correct / B if self._accuracy_name is not None else None
         return loss, accuracy
 

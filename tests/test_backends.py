@@ -88,7 +88,8 @@ def rnn_weights(rng, D, H):
 @needs_c
 def test_every_kernel_has_the_reference_signature():
     for name in backends.KERNEL_NAMES + backends.OPTIONAL_KERNEL_NAMES:
-        reference = inspect.signature(getattr(nk, name).py_func)
+        function = getattr(nk, name)
+        reference = inspect.signature(getattr(function, "py_func", function))
         built = inspect.signature(getattr(ck, name))
         assert list(built.parameters) == list(reference.parameters), name
 
@@ -448,7 +449,7 @@ FUSED_CASES = [
 FUSED_IDS = [f"B{s[0]}-T{s[1]}-parts{len(b) - 1}" for s, b in FUSED_CASES]
 
 
-def train_step_arguments(shape, bounds, activation, optimizer, poison=False):
+def train_step_arguments(shape, bounds, activation, optimizer, poison=False, threads=2):
     """Arguments of rnn_dense_xent_train_step laid out as the models lay them."""
     B, T, D, H, K = shape
     rng = np.random.default_rng(B + T)
@@ -475,7 +476,7 @@ def train_step_arguments(shape, bounds, activation, optimizer, poison=False):
         params, grads, np.zeros(params.size, np.float32),
         np.zeros(params.size, np.float32), scratch, nans((parts, offsets[-1])),
         x_tm, targets_for(rng, B, K, "onehot"), bounds,
-        *weights, *gradients, activation, code, hyper,
+        *weights, *gradients, activation, code, hyper, threads,
     )  # fmt: skip
 
 
@@ -516,6 +517,23 @@ def test_rnn_dense_xent_train_step_does_not_depend_on_the_split():
     assert split_correct == whole_correct
     agree(split[1], whole[1])
     agree(split[0], whole[0])
+
+
+@pytest.mark.parametrize("module", ["numba", "cython"])
+def test_rnn_dense_xent_train_step_gives_the_same_bits_on_any_thread_count(module):
+    if module == "cython" and ck is None:
+        pytest.skip("the C backend is not built")
+    kernels = nk if module == "numba" else ck
+    runs = []
+    for threads in (1, 2, 4):
+        arguments = train_step_arguments(
+            (50, 6, 5, 7, 4), [0, 25, 50], nk.TANH, "adam", threads=threads
+        )
+        loss, correct = kernels.rnn_dense_xent_train_step(*arguments)
+        runs.append((loss, correct, arguments[0].copy()))
+    for loss, correct, params in runs[1:]:
+        assert (loss, correct) == runs[0][:2]
+        np.testing.assert_array_equal(params, runs[0][2])
 
 
 @needs_c

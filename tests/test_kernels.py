@@ -540,7 +540,7 @@ def test_rnn_dense_xent_train_step(kernels, case, name, optimizer):
             params, grads, state[0], state[-1], nan_array((parts, scratch_size)),
             nan_array((parts, params.size)), x_tm, y, bounds,
             *views, *dviews, twin.ACTIVATION_CODES[name], code,
-            fused_hyper(code, learning_rate, t, options),
+            fused_hyper(code, learning_rate, t, options), parts,
         )  # fmt: skip
 
         # forward and loss at the weights the step started from

@@ -66,7 +66,8 @@ cdef extern from "fastrnn_kernels.h" nogil:
         const float *U, const float *b, const float *V, const float *c, float *dW,
         float *dU, float *db, float *dV, float *dc, Py_ssize_t P,
         Py_ssize_t scratch_row, int parts, int T, int B, int D, int H, int K,
-        int activation, int optimizer, const double *hyper, fr_sgemm_fn sgemm
+        int activation, int optimizer, const double *hyper, int threads,
+        fr_sgemm_fn sgemm
     )
 
     int fr_rnn_dense_predict(

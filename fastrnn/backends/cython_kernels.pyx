@@ -370,6 +370,7 @@ def rnn_dense_xent_train_step(
     int activation,
     int optimizer,
     const double[::1] hyper,
+    int threads,
 ):
     """Forward, loss, BPTT and optimizer update of SimpleRNN -> Dense -> softmax.
 
@@ -380,8 +381,8 @@ def rnn_dense_xent_train_step(
     (S, D H + H H + H + H K + K) one row per part; x_tm (T, B, D); y (B, K);
     bounds (S + 1,) int64, part s holding batch rows bounds[s] to bounds[s + 1].
     hyper (float64) holds the optimizer's hyperparameters, see
-    ``optimizer_update`` of the Numba twin.  The parts run on separate OpenMP
-    threads.
+    ``optimizer_update`` of the Numba twin.  The parts run on up to ``threads``
+    OpenMP threads; the result does not depend on how many.
 
     Returns (mean loss, number of correct rows).  A loss that is not finite
     leaves params and the optimizer state untouched.
@@ -434,7 +435,7 @@ def rnn_dense_xent_train_step(
                 &x_tm[0, 0, 0], &y[0, 0], &bounds[0], &W[0, 0], &U[0, 0], &b[0],
                 &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0], &db[0], &dV[0, 0], &dc[0],
                 P, scratch.shape[1], parts, T, B, D, H, K, activation, optimizer,
-                &hyper[0], _sgemm,
+                &hyper[0], threads, _sgemm,
             )
     finally:
         PyMem_Free(part_loss)

@@ -21,6 +21,7 @@ taken from the activation's output, which is what the forward pass saves.
 A C implementation with the same names and argument order lives in ``csrc/``.
 """
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -420,7 +421,7 @@ def train_scratch_size(T, rows, D, H, K):
 
 
 @parallel_kernel
-def rnn_dense_xent_train_step(
+def _rnn_dense_xent_train_step(
     params,
     grads,
     state_1,
@@ -459,6 +460,7 @@ def rnn_dense_xent_train_step(
                         that order (G = D H + H H + H + H K + K)
     x_tm (T, B, D)      input, time-major;  y (B, K) target distributions
     bounds (S + 1,)     part s holds batch rows bounds[s] to bounds[s + 1]
+    The parts run on as many threads as ``numba.set_num_threads`` allows.
 
     Returns (mean loss, number of correct rows).  A loss that is not finite
     leaves params and the optimizer state untouched.
@@ -548,6 +550,69 @@ def rnn_dense_xent_train_step(
     # update
     optimizer_update(params, grads, state_1, state_2, optimizer, hyper)
     return loss, correct
+
+
+def rnn_dense_xent_train_step(
+    params,
+    grads,
+    state_1,
+    state_2,
+    scratch,
+    part_grads,
+    x_tm,
+    y,
+    bounds,
+    W,
+    U,
+    b,
+    V,
+    c,
+    dW,
+    dU,
+    db,
+    dV,
+    dc,
+    activation,
+    optimizer,
+    hyper,
+    threads,
+):
+    """The fused train step (see ``_rnn_dense_xent_train_step``) on ``threads``.
+
+    threads: cores to run the parts on; 1 runs them one after the other with
+    the same arithmetic, so the result does not depend on it.  Numba reads the
+    count from the calling thread's setting, which cannot be changed inside a
+    cached kernel, so this plain function sets it around the call.
+    """
+    cores = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, cores)))
+    try:
+        return _rnn_dense_xent_train_step(
+            params,
+            grads,
+            state_1,
+            state_2,
+            scratch,
+            part_grads,
+            x_tm,
+            y,
+            bounds,
+            W,
+            U,
+            b,
+            V,
+            c,
+            dW,
+            dU,
+            db,
+            dV,
+            dc,
+            activation,
+            optimizer,
+            hyper,
+        )
+    finally:
+        numba.set_num_threads(cores)
 
 
 # --------------------------------------------------------------------------
