@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import warnings
+import weakref
 
 import numba
 import numpy as np
@@ -85,6 +86,10 @@ def _as_numeric(value, argument):
     """``value`` as an ndarray of a real numeric dtype, or a clear error."""
     if isinstance(value, np.ndarray):
         array = value
+    elif value is None or isinstance(value, (str, bytes, dict, set)):
+        raise TypeError(
+            f"{argument} must be an array of numbers, got {type(value).__name__}"
+        )
     else:
         try:
             array = np.asarray(value)
@@ -333,8 +338,19 @@ class Sequential:
             raise ValueError(
                 "compile needs a loss, e.g. loss='categorical_crossentropy'"
             )
-        self.optimizer = optimizers.get(optimizer)
+        optimizer = optimizers.get(optimizer)
+        owner = getattr(optimizer, "_model", None)
+        if owner is not None and owner() is not None and owner() is not self:
+            raise ValueError(
+                "this optimizer instance already trains another model, and its "
+                "state belongs to that model's weights; give each model its own "
+                f"optimizer, e.g. {type(optimizer).__name__}(...) again"
+            )
+        optimizer._model = weakref.ref(self)
+        self.optimizer = optimizer
         self.loss = losses.canonical_name(loss)
+        if isinstance(metrics, str):
+            metrics = [metrics]
         metrics = list(metrics or [])
         for metric in metrics:
             if metric not in _ACCURACY_NAMES:
@@ -900,7 +916,14 @@ class Sequential:
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size)
-        epochs = _check_batch_size(epochs, "epochs") if epochs else 0
+        if isinstance(epochs, (int, np.integer)) and not isinstance(epochs, bool):
+            if epochs < 0:
+                raise ValueError(f"epochs must be a non-negative integer, got {epochs}")
+        else:
+            raise TypeError(
+                f"epochs must be a non-negative integer, got "
+                f"{type(epochs).__name__} {epochs!r}"
+            )
         if verbose == "auto":
             verbose = 1
         if verbose not in (0, 1, 2):

@@ -46,6 +46,12 @@ class Optimizer:
 
     def __init__(self, learning_rate, clipnorm=None, clipvalue=None, **kwargs):
         if "lr" in kwargs:
+            if learning_rate is not None:
+                raise TypeError(
+                    f"{type(self).__name__}: give learning_rate or its old name lr, "
+                    f"not both (got learning_rate={learning_rate!r}, "
+                    f"lr={kwargs['lr']!r})"
+                )
             warnings.warn(
                 f"{type(self).__name__}: 'lr' is an old name; use learning_rate",
                 FastRNNWarning,
@@ -60,6 +66,8 @@ class Optimizer:
             raise TypeError(
                 f"{type(self).__name__} got unexpected arguments {sorted(kwargs)}"
             )
+        if learning_rate is None:
+            learning_rate = self.DEFAULT_LEARNING_RATE
         self.learning_rate = _check_float(
             learning_rate, "learning_rate", low=0.0, low_open=True
         )
@@ -170,9 +178,11 @@ class Adam(Optimizer):
     epsilon : float, default 1e-7
     """
 
+    DEFAULT_LEARNING_RATE = 0.001
+
     def __init__(
         self,
-        learning_rate=0.001,
+        learning_rate=None,
         beta_1=0.9,
         beta_2=0.999,
         epsilon=1e-7,
@@ -238,7 +248,9 @@ class SGD(Optimizer):
     nesterov : bool, default False
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
+    DEFAULT_LEARNING_RATE = 0.01
+
+    def __init__(self, learning_rate=None, momentum=0.0, nesterov=False, **kwargs):
         super().__init__(learning_rate, **kwargs)
         self.momentum = _check_float(momentum, "momentum", low=0.0, high=1.0)
         self.nesterov = bool(nesterov)
@@ -286,7 +298,9 @@ class RMSprop(Optimizer):
     epsilon : float, default 1e-7
     """
 
-    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7, **kwargs):
+    DEFAULT_LEARNING_RATE = 0.001
+
+    def __init__(self, learning_rate=None, rho=0.9, epsilon=1e-7, **kwargs):
         momentum = kwargs.pop("momentum", 0.0)
         centered = kwargs.pop("centered", False)
         super().__init__(learning_rate, **kwargs)
