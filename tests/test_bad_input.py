@@ -415,10 +415,19 @@ def test_every_batch_size_gives_the_same_predictions(model, xy, batch_size):
 
 def test_bad_epochs(model, xy):
     x, y = xy
-    with pytest.raises(ValueError, match="epochs must be a positive integer, got -1"):
+    with pytest.raises(
+        ValueError, match="epochs must be a non-negative integer, got -1"
+    ):
         model.fit(x, y, epochs=-1, verbose=0)
-    with pytest.raises(TypeError, match="epochs must be a positive integer"):
+    with pytest.raises(TypeError, match="epochs must be a non-negative integer"):
         model.fit(x, y, epochs=1.5, verbose=0)
+    with pytest.raises(TypeError, match="epochs must be a non-negative integer"):
+        model.fit(x, y, epochs=None, verbose=0)
+    # No epochs is no training, as in Keras.
+    before = model.get_weights()
+    assert model.fit(x, y, epochs=0, verbose=0).history == {}
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
 
 
 @pytest.mark.parametrize("split", [1.0, 1.5, -0.1])
@@ -1015,3 +1024,34 @@ def test_shuffling_follows_the_seed():
         results.append(model.get_weights()[0])
     np.testing.assert_array_equal(results[0], results[1])
     assert not np.array_equal(results[0], results[2])
+
+
+def test_one_optimizer_cannot_train_two_models():
+    shared = Adam()
+    first = Sequential([SimpleRNN(4, input_shape=(3, 2)), Dense(2, "softmax")])
+    first.compile(shared, "categorical_crossentropy")
+    second = Sequential([SimpleRNN(5, input_shape=(3, 2)), Dense(2, "softmax")])
+    with pytest.raises(ValueError, match="already trains another model"):
+        second.compile(shared, "categorical_crossentropy")
+    # The same model may be compiled again with its own optimizer.
+    first.compile(shared, "categorical_crossentropy")
+
+
+def test_lr_and_learning_rate_together_are_refused():
+    with pytest.raises(TypeError, match="learning_rate or its old name lr, not both"):
+        Adam(learning_rate=0.2, lr=0.1)
+    assert SGD().learning_rate == 0.01
+    assert RMSprop(0.5).learning_rate == 0.5
+
+
+def test_metrics_may_be_one_string(model, xy):
+    x, y = xy
+    model.compile("adam", "categorical_crossentropy", metrics="accuracy")
+    assert len(model.evaluate(x, y, verbose=0)) == 2
+
+
+@pytest.mark.parametrize("value", [None, "abc", {"a": 1}])
+def test_x_that_is_no_array_names_its_type(model, xy, value):
+    _, y = xy
+    with pytest.raises(TypeError, match="x must be an array of numbers, got"):
+        model.predict(value)
