@@ -14,10 +14,15 @@ from fastrnn.datasets import DatasetUnavailableError, digits, mnist
 
 # Read at import, before any test's monkeypatch clears the variable. CI points it at
 # the shared copy; without it, the same copy is expected next to the repository.
-REAL_MNIST = Path(
-    os.environ.get("FASTRNN_MNIST")
-    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
-).expanduser()
+# Made absolute so that links to it from temporary folders resolve.
+REAL_MNIST = (
+    Path(
+        os.environ.get("FASTRNN_MNIST")
+        or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
+    )
+    .expanduser()
+    .absolute()
+)
 
 KERAS_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
