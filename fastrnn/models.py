@@ -521,11 +521,11 @@ class Sequential:
     # one batch
 
     def _rows(self, N, K):
+        """Loss buffers for N rows of K outputs; a few shapes are kept."""
         buffers = self._row_buffers.get((N, K))
         if buffers is None:
-            self._row_buffers = (
-                {(N, K): buffers} if len(self._row_buffers) > 2 else (self._row_buffers)
-            )
+            if len(self._row_buffers) > 2:
+                self._row_buffers = {}
             buffers = losses.RowBuffers(N, K)
             self._row_buffers[(N, K)] = buffers
         return buffers

@@ -4,19 +4,9 @@ A test module whose tests never reach a kernel sets ``BACKEND_INDEPENDENT = True
 and runs once.
 """
 
-import os
-from pathlib import Path
-
 import pytest
 
 from fastrnn import backends
-
-# The MNIST file the tests read: $FASTRNN_MNIST, else the shared data folder
-# beside the repository.  Tests that need it fail when it is missing.
-MNIST_PATH = Path(
-    os.environ.get("FASTRNN_MNIST")
-    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
-)
 
 
 def pytest_generate_tests(metafunc):

@@ -12,6 +12,9 @@ import requests
 
 from fastrnn.datasets import DatasetUnavailableError, digits, mnist
 
+# No kernel runs here: once is enough, whatever the backends.
+BACKEND_INDEPENDENT = True
+
 # Read at import, before any test's monkeypatch clears the variable. CI points it at
 # the shared copy; without it, the same copy is expected next to the repository.
 # Made absolute so that links to it from temporary folders resolve.
