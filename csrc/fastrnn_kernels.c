@@ -274,24 +274,36 @@ void fr_dense_backward(float *dV, float *dc, float *dx, const float *dy,
  * expf and logf, as the Numba twin does.
  */
 
+/*
+ * p_row (K) out = exp(z_row - max(z_row)); returns the sum and sets *max.
+ * Shifting by the row maximum keeps every exp from overflowing.  p_row may be
+ * z_row: every z is read before its p is written.
+ */
+static float shifted_exp_row(float *p_row, const float *z_row, int K, float *max)
+{
+    float m = K > 0 ? z_row[0] : 0.0f;
+    float s = 0.0f;
+
+    for (int k = 1; k < K; k++)
+        if (z_row[k] > m)
+            m = z_row[k];
+    for (int k = 0; k < K; k++) {
+        float e = expf(z_row[k] - m);
+        p_row[k] = e;
+        s += e;
+    }
+    *max = m;
+    return s;
+}
+
 void fr_softmax_forward(float *p, const float *z, int N, int K)
 {
-    /* p (N, K) out, z (N, K); p may be z: every z is read before p is written */
+    /* p (N, K) out, z (N, K); p may be z */
     for (int i = 0; i < N; i++) {
-        const float *zi = z + (ptrdiff_t)i * K;
         float *pi = p + (ptrdiff_t)i * K;
-        float m = K > 0 ? zi[0] : 0.0f;
-        float s = 0.0f;
+        float m;
+        const float s = shifted_exp_row(pi, z + (ptrdiff_t)i * K, K, &m);
 
-        /* Shift by the row maximum so no exp overflows. */
-        for (int k = 1; k < K; k++)
-            if (zi[k] > m)
-                m = zi[k];
-        for (int k = 0; k < K; k++) {
-            float e = expf(zi[k] - m);
-            pi[k] = e;
-            s += e;
-        }
         for (int k = 0; k < K; k++)
             pi[k] /= s;
     }
@@ -323,18 +335,9 @@ double fr_softmax_xent_forward(float *p, const float *logits, const float *y, in
         const float *zi = logits + (ptrdiff_t)i * K;
         const float *yi = y + (ptrdiff_t)i * K;
         float *pi = p + (ptrdiff_t)i * K;
-        float m = K > 0 ? zi[0] : 0.0f;
-        float s = 0.0f;
+        float m;
+        const float s = shifted_exp_row(pi, zi, K, &m);
         float log_s, row = 0.0f;
-
-        for (int k = 1; k < K; k++)
-            if (zi[k] > m)
-                m = zi[k];
-        for (int k = 0; k < K; k++) {
-            float e = expf(zi[k] - m);
-            pi[k] = e;
-            s += e;
-        }
 
         /* log p = z - m - log s is finite even where p underflows to 0, so
          * the loss needs no clipping. */

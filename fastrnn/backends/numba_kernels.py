@@ -238,19 +238,29 @@ def dense_backward(dV, dc, dx, dy, x, V):
 
 
 @kernel
+def shifted_exp_row(p_row, z_row):
+    """p_row = exp(z_row - max(z_row)); returns (max, sum of p_row).  (K,).
+
+    Shifting by the row maximum keeps every exp from overflowing.
+    """
+    m = z_row[0]
+    for k in range(1, z_row.size):
+        if z_row[k] > m:
+            m = z_row[k]
+    s = np.float32(0.0)
+    for k in range(z_row.size):
+        e = np.exp(z_row[k] - m)
+        p_row[k] = e
+        s += e
+    return m, s
+
+
+@kernel
 def softmax_forward(p, z):
-    """Row-wise softmax, shifted by the row maximum.  p, z (N, K)."""
+    """Row-wise softmax.  p, z (N, K)."""
     N, K = z.shape
     for i in range(N):
-        m = z[i, 0]
-        for k in range(1, K):
-            if z[i, k] > m:
-                m = z[i, k]
-        s = np.float32(0.0)
-        for k in range(K):
-            e = np.exp(z[i, k] - m)
-            p[i, k] = e
-            s += e
+        _, s = shifted_exp_row(p[i], z[i])
         for k in range(K):
             p[i, k] /= s
 
@@ -277,15 +287,7 @@ def softmax_xent_forward(p, logits, y):
     N, K = logits.shape
     total = 0.0
     for i in range(N):
-        m = logits[i, 0]
-        for k in range(1, K):
-            if logits[i, k] > m:
-                m = logits[i, k]
-        s = np.float32(0.0)
-        for k in range(K):
-            e = np.exp(logits[i, k] - m)
-            p[i, k] = e
-            s += e
+        m, s = shifted_exp_row(p[i], logits[i])
         log_s = np.log(s)
         row = np.float32(0.0)
         for k in range(K):
