@@ -11,6 +11,7 @@ a test; ``pytest --benchmark-only`` times them.
 import numpy as np
 import pytest
 
+from fastrnn import backends
 from fastrnn.backends import _threads, available_backends, numba_kernels
 
 B, T, D, H, K = 50, 28, 28, 50, 10
@@ -108,7 +109,7 @@ def make_train_case():
     params = np.concatenate([w.ravel() for w in weights(rng)])
     grads = np.zeros_like(params)
     bounds = np.array([0, B // 2, B], dtype=np.int64)
-    scratch_size = numba_kernels.train_scratch_size(T, B - B // 2, D, H, K)
+    scratch_size = backends.train_scratch_size(T, B - B // 2, D, H, K)
     y = np.eye(K, dtype=f32)[rng.integers(0, K, B)]
     hyper = np.array([1e-3 * np.sqrt(1 - 0.999) / (1 - 0.9), 0.9, 0.999, 1e-7])
     return (

@@ -165,6 +165,303 @@ void fr_activation_backward(float *dz, const float *dout, const float *out,
 }
 
 /* --------------------------------------------------------------------------
+ * register-tiled products of small matrices
+ *
+ * The fused train step and predict multiply matrices of a few dozen rows and
+ * columns at every time step.  BLAS copies (packs) its operands on each call,
+ * which at these sizes costs about as much as the product, and each call
+ * leaves the activation for another pass over memory.  The tiles below read
+ * their operands where they lie and keep a block of the result in registers.
+ *
+ * Their results are rows of "padded" width Hp, H rounded up to a whole number
+ * of vectors of FR_LANES floats; the columns past H of the weights they read
+ * are kept at zero, so those of the results stay zero too and no loop needs a
+ * remainder.
+ */
+
+#define FR_LANES 8
+
+#if defined(__GNUC__)
+typedef float fr_vec __attribute__((vector_size(32)));
+/* the same vector at any float-aligned address: rows of Hp floats start at
+ * multiples of 32 bytes only if the buffer does, which NumPy does not promise */
+typedef float fr_vec_at __attribute__((vector_size(32), aligned(4)));
+#define FR_INLINE static inline __attribute__((always_inline))
+
+FR_INLINE fr_vec vec_load(const float *p) { return *(const fr_vec_at *)p; }
+FR_INLINE void vec_store(float *p, fr_vec v) { *(fr_vec_at *)p = v; }
+FR_INLINE fr_vec vec_zero(void) { return (fr_vec){0}; }
+FR_INLINE fr_vec vec_fma(fr_vec acc, float a, fr_vec b) { return acc + a * b; }
+#if defined(__x86_64__) || defined(__i386__)
+/* Keeps v in a register: left alone, GCC folds the load of a B vector into
+ * every one of the tile's FMAs that use it, and the loads, not the FMAs, then
+ * bound the tile. */
+#define vec_pin(v) __asm__("" : "+v"(v))
+#else
+#define vec_pin(v) ((void)0)
+#endif
+#else
+/* Compilers without vector extensions get the same code on plain arrays. */
+typedef struct {
+    float lane[FR_LANES];
+} fr_vec;
+#define FR_INLINE static __forceinline
+
+FR_INLINE fr_vec vec_load(const float *p)
+{
+    fr_vec v;
+    memcpy(v.lane, p, sizeof v.lane);
+    return v;
+}
+FR_INLINE void vec_store(float *p, fr_vec v) { memcpy(p, v.lane, sizeof v.lane); }
+FR_INLINE fr_vec vec_zero(void)
+{
+    fr_vec v = {{0}};
+    return v;
+}
+FR_INLINE fr_vec vec_fma(fr_vec acc, float a, fr_vec b)
+{
+    for (int l = 0; l < FR_LANES; l++)
+        acc.lane[l] += a * b.lane[l];
+    return acc;
+}
+#define vec_pin(v) ((void)0)
+#endif
+
+/* Rows and vectors of one tile: with 32 vector registers (AVX-512) a tile of
+ * 4 x 4 vectors, its 4 row factors and one weight vector fit; with 16, half
+ * the rows. */
+#if defined(__AVX512F__)
+#define FR_TILE_ROWS 4
+#else
+#define FR_TILE_ROWS 2
+#endif
+#define FR_TILE_VECS 4
+
+/* Padded width: n rounded up to whole vectors. */
+static int padded(int n) { return (n + FR_LANES - 1) / FR_LANES * FR_LANES; }
+
+/*
+ * One factor of a product C = A B: A element (r, k) lies at a[r * row + k * col]
+ * (so A or its transpose, read in place), B (k_len, Hp) with rows ldb apart.
+ */
+struct fr_factor {
+    const float *a;
+    ptrdiff_t row, col;
+    const float *b;
+    ptrdiff_t ldb;
+    int k_len;
+};
+
+enum fr_tile_start { FR_FROM_ZERO, FR_FROM_ROW, FR_FROM_C };
+
+/*
+ * C[0:R, 0:V vectors] = start + A1 B1 + A2 B2, where start is zero, the row
+ * `start_row` in every row, or C itself.  R and V are constants wherever this
+ * is inlined, so the accumulators live in registers.
+ */
+FR_INLINE void tile(float *C, ptrdiff_t ldc, int start, const float *start_row,
+                    const struct fr_factor *f1, const struct fr_factor *f2,
+                    int R, int V)
+{
+    fr_vec acc[FR_TILE_ROWS][FR_TILE_VECS];
+
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++)
+            acc[r][v] = start == FR_FROM_C      ? vec_load(C + r * ldc + v * FR_LANES)
+                        : start == FR_FROM_ROW ? vec_load(start_row + v * FR_LANES)
+                                               : vec_zero();
+    for (int which = 0; which < 2; which++) {
+        const struct fr_factor *f = which == 0 ? f1 : f2;
+        if (f == NULL)
+            continue;
+        for (int k = 0; k < f->k_len; k++) {
+            const float *b_row = f->b + k * f->ldb;
+            float a[FR_TILE_ROWS];
+            for (int r = 0; r < R; r++)
+                a[r] = f->a[r * f->row + k * f->col];
+            for (int v = 0; v < V; v++) {
+                fr_vec b = vec_load(b_row + v * FR_LANES);
+                vec_pin(b);
+                for (int r = 0; r < R; r++)
+                    acc[r][v] = vec_fma(acc[r][v], a[r], b);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++)
+            vec_store(C + r * ldc + v * FR_LANES, acc[r][v]);
+}
+
+/* The factor moved down by `rows` rows of A. */
+static struct fr_factor factor_rows_from(const struct fr_factor *f, int rows)
+{
+    struct fr_factor moved = *f;
+    moved.a += rows * f->row;
+    return moved;
+}
+
+/* The factor moved right by `vecs` vectors of B. */
+static struct fr_factor factor_vecs_from(const struct fr_factor *f, int vecs)
+{
+    struct fr_factor moved = *f;
+    moved.b += vecs * FR_LANES;
+    return moved;
+}
+
+#define FR_TILE_CASE(R, V)                                                      \
+    case (R) * 8 + (V):                                                         \
+        tile(c, ldc, start, row, f1 ? &g1 : NULL, f2 ? &g2 : NULL, (R), (V));   \
+        break
+
+/*
+ * C (M, Hp), rows ldc apart, = start + A1 B1 + A2 B2 (f2 may be NULL), tile by
+ * tile.  start and start_row are those of tile.
+ */
+static void tiled_product(float *C, ptrdiff_t ldc, int M, int Hp, int start,
+                          const float *start_row, const struct fr_factor *f1,
+                          const struct fr_factor *f2)
+{
+    const int vecs = Hp / FR_LANES;
+
+    for (int i = 0; i < M; i += FR_TILE_ROWS) {
+        const int R = M - i < FR_TILE_ROWS ? M - i : FR_TILE_ROWS;
+        for (int v0 = 0; v0 < vecs; v0 += FR_TILE_VECS) {
+            const int V = vecs - v0 < FR_TILE_VECS ? vecs - v0 : FR_TILE_VECS;
+            float *c = C + i * ldc + v0 * FR_LANES;
+            const float *row = start_row ? start_row + v0 * FR_LANES : NULL;
+            struct fr_factor g1, g2;
+            if (f1) {
+                g1 = factor_rows_from(f1, i);
+                g1 = factor_vecs_from(&g1, v0);
+            }
+            if (f2) {
+                g2 = factor_rows_from(f2, i);
+                g2 = factor_vecs_from(&g2, v0);
+            }
+            switch (R * 8 + V) {
+                FR_TILE_CASE(1, 1); FR_TILE_CASE(1, 2); FR_TILE_CASE(1, 3);
+                FR_TILE_CASE(1, 4); FR_TILE_CASE(2, 1); FR_TILE_CASE(2, 2);
+                FR_TILE_CASE(2, 3); FR_TILE_CASE(2, 4);
+#if FR_TILE_ROWS == 4
+                FR_TILE_CASE(3, 1); FR_TILE_CASE(3, 2); FR_TILE_CASE(3, 3);
+                FR_TILE_CASE(3, 4); FR_TILE_CASE(4, 1); FR_TILE_CASE(4, 2);
+                FR_TILE_CASE(4, 3); FR_TILE_CASE(4, 4);
+#endif
+            }
+        }
+    }
+}
+
+/* dst (rows, Hp) = src (rows, cols), rows ld apart, zero-filled past cols. */
+static void pad_columns(float *dst, int Hp, const float *src, ptrdiff_t ld, int rows,
+                        int cols)
+{
+    for (int i = 0; i < rows; i++) {
+        memcpy(dst + i * Hp, src + i * ld, (size_t)cols * sizeof(float));
+        memset(dst + i * Hp + cols, 0, (size_t)(Hp - cols) * sizeof(float));
+    }
+}
+
+/* dst (rows, cols) = the first cols columns of src (rows, Hp). */
+static void unpad_columns(float *dst, const float *src, int Hp, int rows, int cols)
+{
+    for (int i = 0; i < rows; i++)
+        memcpy(dst + i * cols, src + i * Hp, (size_t)cols * sizeof(float));
+}
+
+/* Scratch is carved into buffers that start on 64-byte boundaries. */
+#define FR_ALIGN_FLOATS 16
+
+static ptrdiff_t aligned_size(ptrdiff_t n)
+{
+    return (n + FR_ALIGN_FLOATS - 1) / FR_ALIGN_FLOATS * FR_ALIGN_FLOATS;
+}
+
+/* The next n floats at *cursor; moves the cursor past them. */
+static float *carve(float **cursor, ptrdiff_t n)
+{
+    float *start = *cursor;
+    *cursor += aligned_size(n);
+    return start;
+}
+
+/* The first 64-byte boundary at or after p (p is float-aligned). */
+static float *align_floats(float *p)
+{
+    const uintptr_t misplaced = (uintptr_t)p % (FR_ALIGN_FLOATS * sizeof(float));
+    if (misplaced == 0)
+        return p;
+    return p + (FR_ALIGN_FLOATS * sizeof(float) - misplaced) / sizeof(float);
+}
+
+/* The weights of the recurrence in padded rows: W (D, Hp), U (H, Hp), its
+ * transpose (H, Hp) for BPTT, b (Hp,). */
+struct fr_packed_rnn {
+    float *W, *U, *U_T, *b;
+};
+
+static ptrdiff_t packed_rnn_size(int D, int H)
+{
+    const int Hp = padded(H);
+    return 2 * aligned_size((ptrdiff_t)H * Hp) + aligned_size((ptrdiff_t)D * Hp) +
+           aligned_size(Hp);
+}
+
+static struct fr_packed_rnn pack_rnn(float **cursor, const float *W, const float *U,
+                                     const float *b, int D, int H, int transpose)
+{
+    const int Hp = padded(H);
+    struct fr_packed_rnn packed;
+
+    packed.W = carve(cursor, (ptrdiff_t)D * Hp);
+    packed.U = carve(cursor, (ptrdiff_t)H * Hp);
+    packed.U_T = carve(cursor, (ptrdiff_t)H * Hp);
+    packed.b = carve(cursor, Hp);
+    pad_columns(packed.W, Hp, W, H, D, H);
+    pad_columns(packed.U, Hp, U, H, H, H);
+    pad_columns(packed.b, Hp, b, H, 1, H);
+    if (transpose) {
+        for (int j = 0; j < H; j++) {
+            float *row = packed.U_T + (ptrdiff_t)j * Hp;
+            for (int k = 0; k < H; k++)
+                row[k] = U[(ptrdiff_t)k * H + j];
+            memset(row + H, 0, (size_t)(Hp - H) * sizeof(float));
+        }
+    }
+    return packed;
+}
+
+/*
+ * hs[t] (n, Hp) = act(x_t W + h_{t-1} U + b) for t = 0 .. T - 1, h_{-1} = 0.
+ * x_t (n, D) has rows sample_stride apart and lies step_stride after x_{t-1}.
+ * With `keep_all` 0 only two states are kept, hs[t % 2], and the last one is
+ * returned; otherwise hs holds all T.
+ */
+static float *tiled_rnn_forward(float *hs, const float *x, ptrdiff_t sample_stride,
+                                ptrdiff_t step_stride, const struct fr_packed_rnn *p,
+                                int n, int T, int D, int H, int activation,
+                                int keep_all)
+{
+    const int Hp = padded(H);
+    const ptrdiff_t nHp = (ptrdiff_t)n * Hp;
+    float *h = hs, *h_prev = NULL;
+
+    for (int t = 0; t < T; t++) {
+        const struct fr_factor input = {x + t * step_stride, sample_stride, 1, p->W,
+                                        Hp, D};
+        const struct fr_factor recurrent = {h_prev, Hp, 1, p->U, Hp, H};
+
+        h = hs + (keep_all ? t : t % 2) * nHp;
+        tiled_product(h, Hp, n, Hp, FR_FROM_ROW, p->b, &input,
+                      t > 0 ? &recurrent : NULL);
+        fr_activation_forward(h, h, nHp, activation);
+        h_prev = h;
+    }
+    return h;
+}
+
+/* --------------------------------------------------------------------------
  * SimpleRNN
  */
 
@@ -509,9 +806,9 @@ static int team_size(int tasks)
 
 /*
  * One part of the batch: rows first .. first + n - 1 run forward, loss and
- * backward on their own, into their own scratch row and gradient row.  The
- * layout of the scratch row is that of the Numba twin, whose work buffer C
- * does not need and leaves untouched.
+ * backward on their own, into their own scratch row and gradient row.  Every
+ * product of the recurrence is a tiled one on padded rows; the Dense layer's
+ * few small products go to BLAS.
  */
 static void train_part(double *loss, int *correct, float *row, float *g,
                        const float *x_tm, const float *y, const float *W,
@@ -520,37 +817,37 @@ static void train_part(double *loss, int *correct, float *row, float *g,
                        int K, int activation, fr_sgemm_fn sgemm)
 {
     /*
-     * row  scratch: x_part (T, n, D), hs (T, n, H), dz (T, n, H), work (2, n, H),
-     *      dh_last (n, H), logits, probs, dlogits (n, K)
+     * row  scratch, as fr_train_scratch_size lays it out
      * g    gradients of W (D, H), U (H, H), b (H,), V (H, K), c (K,), flattened
      * x_tm (T, B, D), y (B, K)
      */
-    const ptrdiff_t nD = (ptrdiff_t)n * D, nH = (ptrdiff_t)n * H;
-    float *x_part = row;
-    float *hs = x_part + T * nD;
-    float *dz = hs + T * nH;
-    float *dh_last = dz + T * nH + 2 * nH;
-    float *logits = dh_last + nH;
-    float *probs = logits + (ptrdiff_t)n * K;
-    float *dlogits = probs + (ptrdiff_t)n * K;
+    const int Hp = padded(H);
+    const ptrdiff_t nHp = (ptrdiff_t)n * Hp, step_stride = (ptrdiff_t)B * D;
+    float *cursor = align_floats(row);
+    const struct fr_packed_rnn p = pack_rnn(&cursor, W, U, b, D, H, 1);
+    float *hs = carve(&cursor, T * nHp);
+    float *dz = carve(&cursor, nHp);
+    float *dz_prev = carve(&cursor, nHp);
+    float *dW = carve(&cursor, (ptrdiff_t)D * Hp);
+    float *dU = carve(&cursor, (ptrdiff_t)H * Hp);
+    float *db = carve(&cursor, Hp);
+    float *logits = carve(&cursor, (ptrdiff_t)n * K);
+    float *probs = carve(&cursor, (ptrdiff_t)n * K);
+    float *dlogits = carve(&cursor, (ptrdiff_t)n * K);
     float *gW = g;
     float *gU = gW + (ptrdiff_t)D * H;
     float *gb = gU + (ptrdiff_t)H * H;
     float *gV = gb + H;
     float *gc = gV + (ptrdiff_t)H * K;
-    const float *h_last = hs + (ptrdiff_t)(T - 1) * nH;
+    const float *x = x_tm + (ptrdiff_t)first * D;
     const float *y_part = y + (ptrdiff_t)first * K;
     const float share = (float)((double)n / B);
-
-    /* The part's rows of every step, contiguous, so that the input projection
-     * and dW are one product each over all T n rows. */
-    for (int t = 0; t < T; t++)
-        memcpy(x_part + t * nD, x_tm + ((ptrdiff_t)t * B + first) * D,
-               (size_t)nD * sizeof(float));
+    const float *h_last;
 
     /* forward */
-    fr_rnn_forward(hs, x_part, W, U, b, T, n, D, H, activation, sgemm);
-    fr_dense_forward(logits, h_last, V, c, n, H, K, sgemm);
+    h_last = tiled_rnn_forward(hs, x, D, step_stride, &p, n, T, D, H, activation, 1);
+    fill_rows(logits, c, n, K);
+    gemm_rm(sgemm, 0, 0, n, K, H, h_last, Hp, V, K, 1.0f, logits, K);
 
     /* loss, fused with the softmax; the part's mean is weighted by its share of
      * the batch, so that the parts' gradients sum to that of the batch mean */
@@ -560,18 +857,52 @@ static void train_part(double *loss, int *correct, float *row, float *g,
     for (ptrdiff_t i = 0; i < (ptrdiff_t)n * K; i++)
         dlogits[i] *= share;
 
-    /* backward; no input gradient is needed */
-    fr_dense_backward(gV, gc, dh_last, dlogits, h_last, V, n, H, K, sgemm);
-    fr_rnn_backward(gW, gU, gb, NULL, dz, dh_last, hs, x_part, W, U, T, n, D, H, 1,
-                    activation, sgemm);
+    /* Dense backward; dh_last, in dz, keeps its padding at zero */
+    gemm_rm(sgemm, 1, 0, H, K, n, h_last, Hp, dlogits, K, 0.0f, gV, K);
+    column_sums(gc, dlogits, n, K);
+    memset(dz, 0, (size_t)nHp * sizeof(float));
+    gemm_rm(sgemm, 0, 1, n, H, K, dlogits, K, V, K, 0.0f, dz, Hp);
+    fr_activation_backward(dz, dz, h_last, nHp, activation);
+
+    /* BPTT, gathering each step's share of dW, dU and db while its dz is in
+     * cache: dz_{t-1} = (dz_t U^T) * act'(h_{t-1}), with h_{t-1} pairing with
+     * dz_t in dU */
+    memset(dW, 0, (size_t)D * Hp * sizeof(float));
+    memset(dU, 0, (size_t)H * Hp * sizeof(float));
+    memset(db, 0, (size_t)Hp * sizeof(float));
+    for (int t = T - 1; t >= 0; t--) {
+        const float *h_prev = hs + (t - 1) * nHp;
+        const struct fr_factor x_T = {x + t * step_stride, 1, D, dz, Hp, n};
+        const struct fr_factor h_T = {h_prev, 1, Hp, dz, Hp, n};
+        const struct fr_factor back = {dz, Hp, 1, p.U_T, Hp, H};
+        float *swap;
+
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < Hp; j++)
+                db[j] += dz[i * Hp + j];
+        tiled_product(dW, Hp, D, Hp, FR_FROM_C, NULL, &x_T, NULL);
+        if (t == 0)
+            break;
+        tiled_product(dU, Hp, H, Hp, FR_FROM_C, NULL, &h_T, NULL);
+        tiled_product(dz_prev, Hp, n, Hp, FR_FROM_ZERO, NULL, &back, NULL);
+        fr_activation_backward(dz_prev, dz_prev, h_prev, nHp, activation);
+        swap = dz;
+        dz = dz_prev;
+        dz_prev = swap;
+    }
+    unpad_columns(gW, dW, Hp, D, H);
+    unpad_columns(gU, dU, Hp, H, H);
+    unpad_columns(gb, db, Hp, 1, H);
 }
 
 ptrdiff_t fr_train_scratch_size(int T, int rows, int D, int H, int K)
 {
-    /* elements of one scratch row of fr_rnn_dense_xent_train_step, as
-     * numba_kernels.train_scratch_size counts them */
-    const ptrdiff_t n = rows;
-    return T * n * D + 2 * T * n * H + 3 * n * H + 3 * n * K;
+    /* elements of one scratch row of fr_rnn_dense_xent_train_step: the
+     * buffers train_part carves, each rounded up, and room to align the first */
+    const ptrdiff_t n = rows, Hp = padded(H);
+    return FR_ALIGN_FLOATS + packed_rnn_size(D, H) + aligned_size(T * n * Hp) +
+           2 * aligned_size(n * Hp) + aligned_size(D * Hp) + aligned_size(H * Hp) +
+           aligned_size(Hp) + 3 * aligned_size(n * K);
 }
 
 double fr_rnn_dense_xent_train_step(

@@ -20,10 +20,10 @@ import weakref
 import numba
 import numpy as np
 
-from fastrnn import activations, losses, optimizers
+from fastrnn import activations, backends, losses, optimizers
 from fastrnn import callbacks as callbacks_module
 from fastrnn._warnings import FastRNNWarning
-from fastrnn.backends import _threads, convert, kernels, numba_kernels
+from fastrnn.backends import _threads, convert, kernels
 from fastrnn.layers import Activation, Dense, Layer, SimpleRNN
 from fastrnn.utils.random import get_rng
 
@@ -699,7 +699,7 @@ class Sequential:
             parts = max(1, min(_TRAIN_PARTS, B // _MIN_ROWS_PER_PART))
             bounds = np.linspace(0, B, parts + 1).round().astype(np.int64)
             rows = int(np.max(np.diff(bounds)))
-            size = numba_kernels.train_scratch_size(T, rows, D, H, K)
+            size = backends.train_scratch_size(T, rows, D, H, K)
             gradients = D * H + H * H + H + H * K + K
             cached = (
                 np.empty((parts, size), dtype=np.float32),

@@ -471,7 +471,7 @@ def train_step_arguments(shape, bounds, activation, optimizer, poison=False, thr
     bounds = np.array(bounds, dtype=np.int64)
     parts = bounds.size - 1
     rows = int(np.diff(bounds).max())
-    scratch = nans((parts, nk.train_scratch_size(T, rows, D, H, K)))
+    scratch = nans((parts, backends.train_scratch_size(T, rows, D, H, K)))
     return (
         params, grads, np.zeros(params.size, np.float32),
         np.zeros(params.size, np.float32), scratch, nans((parts, offsets[-1])),
@@ -559,7 +559,7 @@ def test_rnn_dense_xent_train_step_rejects_bad_bounds(bounds):
 @needs_c
 def test_rnn_dense_xent_train_step_rejects_scratch_too_small_for_a_part():
     arguments = list(train_step_arguments((7, 4, 3, 5, 3), [0, 3, 7], nk.TANH, "sgd"))
-    arguments[4] = nans((2, nk.train_scratch_size(4, 3, 3, 5, 3)))
+    arguments[4] = nans((2, backends.train_scratch_size(4, 3, 3, 5, 3)))
     with pytest.raises(ValueError, match="scratch"):
         ck.rnn_dense_xent_train_step(*arguments)
 

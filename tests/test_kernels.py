@@ -13,7 +13,6 @@ import numpy_twin as twin
 import pytest
 
 from fastrnn import backends
-from fastrnn.backends import numba_kernels
 
 F32 = np.float32
 
@@ -529,7 +528,7 @@ def test_rnn_dense_xent_train_step(kernels, case, name, optimizer):
     bounds = np.array(bounds, dtype=np.int64)
     parts = bounds.size - 1
     rows = int(np.diff(bounds).max())
-    scratch_size = numba_kernels.train_scratch_size(T, rows, D, H, K)
+    scratch_size = backends.train_scratch_size(T, rows, D, H, K)
 
     for t in range(1, 4):
         before = [w.astype(np.float64) for w in views]

@@ -113,3 +113,16 @@ def _select_from_environment():
         )
         requested = "numba"
     set_backend(requested)
+
+
+def train_scratch_size(T, rows, D, H, K):
+    """Scratch elements per part of ``rnn_dense_xent_train_step`` on any backend.
+
+    Each backend lays out its scratch in its own way; a row of the largest size
+    any built backend needs lets the backend change between steps.
+    """
+    sizes = [
+        importlib.import_module(_MODULES[name]).train_scratch_size(T, rows, D, H, K)
+        for name in available_backends()
+    ]
+    return max(sizes)
