@@ -24,6 +24,10 @@
 #include <omp.h>
 #endif
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 /* --------------------------------------------------------------------------
  * helpers
  */
@@ -107,6 +111,64 @@ static inline float fast_tanhf(float x)
     return x * p / q;
 }
 
+/*
+ * out (M,) = fast_tanhf(z) (out may be z).  A vector division takes several
+ * times as long as the rest of the rational function, so where the compiler
+ * targets AVX-512 or AVX2 1 / Q comes from the hardware's approximate
+ * reciprocal refined by one Newton step, which is within an ulp or two of the
+ * division (Q >= 1 everywhere).
+ */
+static void tanh_rows(float *out, const float *z, ptrdiff_t M)
+{
+    ptrdiff_t i = 0;
+#if defined(__AVX512F__)
+    const __m512 lo = _mm512_set1_ps(-9.0f), hi = _mm512_set1_ps(9.0f);
+    const __m512 two = _mm512_set1_ps(2.0f);
+
+    for (; i + 16 <= M; i += 16) {
+        /* max and min return their second operand for a NaN, which passes */
+        __m512 x = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_loadu_ps(z + i)));
+        __m512 s = _mm512_mul_ps(x, x), p, q, r;
+        p = _mm512_set1_ps(1.825614659e-11f);
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-1.278083062e-08f));
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(9.267563655e-06f));
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(2.920778701e-03f));
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.291924417e-01f));
+        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(9.999999404e-01f));
+        q = _mm512_set1_ps(2.281024645e-04f);
+        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(2.376323938e-02f));
+        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(4.625252783e-01f));
+        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(1.0f));
+        r = _mm512_rcp14_ps(q);
+        r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, two));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(x, p), r));
+    }
+#elif defined(__AVX2__) && defined(__FMA__)
+    const __m256 lo = _mm256_set1_ps(-9.0f), hi = _mm256_set1_ps(9.0f);
+    const __m256 two = _mm256_set1_ps(2.0f);
+
+    for (; i + 8 <= M; i += 8) {
+        __m256 x = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_loadu_ps(z + i)));
+        __m256 s = _mm256_mul_ps(x, x), p, q, r;
+        p = _mm256_set1_ps(1.825614659e-11f);
+        p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(-1.278083062e-08f));
+        p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(9.267563655e-06f));
+        p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(2.920778701e-03f));
+        p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(1.291924417e-01f));
+        p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(9.999999404e-01f));
+        q = _mm256_set1_ps(2.281024645e-04f);
+        q = _mm256_fmadd_ps(q, s, _mm256_set1_ps(2.376323938e-02f));
+        q = _mm256_fmadd_ps(q, s, _mm256_set1_ps(4.625252783e-01f));
+        q = _mm256_fmadd_ps(q, s, _mm256_set1_ps(1.0f));
+        r = _mm256_rcp_ps(q);
+        r = _mm256_mul_ps(r, _mm256_fnmadd_ps(q, r, two));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(x, p), r));
+    }
+#endif
+    for (; i < M; i++)
+        out[i] = fast_tanhf(z[i]);
+}
+
 /* sigmoid(z) = (1 + tanh(z / 2)) / 2 reuses the vectorised tanh. */
 static inline float fast_sigmoidf(float z)
 {
@@ -122,8 +184,7 @@ void fr_activation_forward(float *out, const float *z, ptrdiff_t M, int activati
     /* out (M,), z (M,); out may be z */
     switch (activation) {
     case FR_TANH:
-        for (ptrdiff_t i = 0; i < M; i++)
-            out[i] = fast_tanhf(z[i]);
+        tanh_rows(out, z, M);
         break;
     case FR_RELU:
         /* max(z, 0) as Numba's builtin computes it: a NaN stays a NaN, which
@@ -435,8 +496,8 @@ static struct fr_packed_rnn pack_rnn(float **cursor, const float *W, const float
 /*
  * hs[t] (n, Hp) = act(x_t W + h_{t-1} U + b) for t = 0 .. T - 1, h_{-1} = 0.
  * x_t (n, D) has rows sample_stride apart and lies step_stride after x_{t-1}.
- * With `keep_all` 0 only two states are kept, hs[t % 2], and the last one is
- * returned; otherwise hs holds all T.
+ * With `keep_all` 0 only two states are kept, hs[t % 2]; otherwise hs holds
+ * all T.  Returns the last state (zero if T is 0).
  */
 static float *tiled_rnn_forward(float *hs, const float *x, ptrdiff_t sample_stride,
                                 ptrdiff_t step_stride, const struct fr_packed_rnn *p,
@@ -447,6 +508,8 @@ static float *tiled_rnn_forward(float *hs, const float *x, ptrdiff_t sample_stri
     const ptrdiff_t nHp = (ptrdiff_t)n * Hp;
     float *h = hs, *h_prev = NULL;
 
+    if (T == 0)
+        memset(hs, 0, (size_t)nHp * sizeof(float));
     for (int t = 0; t < T; t++) {
         const struct fr_factor input = {x + t * step_stride, sample_stride, 1, p->W,
                                         Hp, D};
@@ -989,59 +1052,52 @@ double fr_rnn_dense_xent_train_step(
  * inference of SimpleRNN -> Dense on many samples
  */
 
-/* 1 if all n rows of D values at x, sample_stride apart, are finite. */
-static int rows_finite(const float *x, ptrdiff_t sample_stride, int n, int D)
+/* 1 if the n samples of T rows of D values at x are all finite; samples lie
+ * sample_stride apart and their rows step_stride apart. */
+static int samples_finite(const float *x, ptrdiff_t sample_stride,
+                          ptrdiff_t step_stride, int n, int T, int D)
 {
     uint32_t bad = 0;
 
     /* An exponent of all ones is an inf or a NaN; testing the bits, unlike
-     * isfinite, lets the loop vectorise. */
+     * isfinite, lets the loop vectorise.  Sample by sample, so that a
+     * batch-major x is read in one forward sweep, which is what the hardware
+     * prefetcher follows best: this pass is what brings x into cache. */
     for (int i = 0; i < n; i++) {
-        const float *row = x + i * sample_stride;
-        for (int d = 0; d < D; d++) {
-            uint32_t bits;
-            memcpy(&bits, &row[d], sizeof bits);
-            bad |= (bits & 0x7f800000u) == 0x7f800000u;
+        for (int t = 0; t < T; t++) {
+            const float *row = x + i * sample_stride + t * step_stride;
+            for (int d = 0; d < D; d++) {
+                uint32_t bits;
+                memcpy(&bits, &row[d], sizeof bits);
+                bad |= (bits & 0x7f800000u) == 0x7f800000u;
+            }
         }
     }
     return !bad;
 }
 
 /* logits of n samples; returns 1 if their inputs are all finite. */
-static int predict_chunk(float *logits, float *h, const float *x, const float *W,
-                         const float *U, const float *b, const float *V,
+static int predict_chunk(float *logits, float *h, const float *x,
+                         const struct fr_packed_rnn *p, const float *V,
                          const float *c, ptrdiff_t sample_stride,
                          ptrdiff_t step_stride, int n, int T, int D, int H, int K,
                          int activation, fr_sgemm_fn sgemm)
 {
     /*
-     * logits (n, K) out;  h (2, n, H) scratch
+     * logits (n, K) out;  h (2, n, Hp) scratch
      * x (n, T, D) with sample_stride and step_stride elements between samples and
      * between steps, features contiguous
      */
-    const ptrdiff_t nH = (ptrdiff_t)n * H;
-    float *current = h, *previous = h + nH;
-    int finite = 1;
+    const float *h_last;
+    int finite;
 
     /* Only two hidden states are kept, so memory does not grow with T; each
      * step's input rows are read where they lie, without a transposed copy. */
-    memset(previous, 0, (size_t)nH * sizeof(float));
-    for (int t = 0; t < T; t++) {
-        const float *x_t = x + t * step_stride;
-        float *swap;
-
-        finite &= rows_finite(x_t, sample_stride, n, D);
-        fill_rows(current, b, n, H);
-        gemm_rm(sgemm, 0, 0, n, H, D, x_t, (int)sample_stride, W, H, 1.0f, current,
-                H);
-        if (t > 0)
-            gemm_rm(sgemm, 0, 0, n, H, H, previous, H, U, H, 1.0f, current, H);
-        fr_activation_forward(current, current, nH, activation);
-        swap = previous;
-        previous = current;
-        current = swap;
-    }
-    fr_dense_forward(logits, previous, V, c, n, H, K, sgemm);
+    finite = samples_finite(x, sample_stride, step_stride, n, T, D);
+    h_last = tiled_rnn_forward(h, x, sample_stride, step_stride, p, n, T, D, H,
+                               activation, 0);
+    fill_rows(logits, c, n, K);
+    gemm_rm(sgemm, 0, 0, n, K, H, h_last, padded(H), V, K, 1.0f, logits, K);
     return finite;
 }
 
@@ -1064,13 +1120,23 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
      */
     const int chunks = B > 0 ? (B - 1) / chunk + 1 : 0;
     const int threads = team_size(chunks);
-    int finite = 1, failed = 0;
+    const ptrdiff_t states = 2 * aligned_size((ptrdiff_t)chunk * padded(H));
+    float *shared = malloc((size_t)(FR_ALIGN_FLOATS + packed_rnn_size(D, H)) *
+                           sizeof(float));
+    struct fr_packed_rnn packed;
+    float *cursor = align_floats(shared);
+    int finite = 1, failed = shared == NULL;
+
+    if (failed)
+        return -1;
+    packed = pack_rnn(&cursor, W, U, b, D, H, 0);
 
 #pragma omp parallel num_threads(threads) if (threads > 1) \
     reduction(&& : finite) reduction(|| : failed)
     {
         /* one pair of hidden states per thread */
-        float *h = malloc((size_t)2 * chunk * H * sizeof(float));
+        float *mine = malloc((size_t)(FR_ALIGN_FLOATS + states) * sizeof(float));
+        float *h = mine == NULL ? NULL : align_floats(mine);
 
         failed = h == NULL;
 #pragma omp for schedule(dynamic)
@@ -1081,13 +1147,14 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
             if (h == NULL)
                 continue;
             finite = predict_chunk(logits + (ptrdiff_t)start * K, h,
-                                   x + start * sample_stride, W, U, b, V, c,
+                                   x + start * sample_stride, &packed, V, c,
                                    sample_stride, step_stride, n, T, D, H, K,
                                    activation, sgemm) &&
                      finite;
         }
-        free(h);
+        free(mine);
     }
+    free(shared);
     if (failed)
         return -1;
     return finite;
