@@ -253,6 +253,7 @@ FR_INLINE fr_vec vec_load(const float *p) { return *(const fr_vec_at *)p; }
 FR_INLINE void vec_store(float *p, fr_vec v) { *(fr_vec_at *)p = v; }
 FR_INLINE fr_vec vec_zero(void) { return (fr_vec){0}; }
 FR_INLINE fr_vec vec_fma(fr_vec acc, float a, fr_vec b) { return acc + a * b; }
+FR_INLINE fr_vec vec_add(fr_vec a, fr_vec b) { return a + b; }
 #if defined(__x86_64__) || defined(__i386__)
 /* Keeps v in a register: left alone, GCC folds the load of a B vector into
  * every one of the tile's FMAs that use it, and the loads, not the FMAs, then
@@ -285,6 +286,12 @@ FR_INLINE fr_vec vec_fma(fr_vec acc, float a, fr_vec b)
     for (int l = 0; l < FR_LANES; l++)
         acc.lane[l] += a * b.lane[l];
     return acc;
+}
+FR_INLINE fr_vec vec_add(fr_vec a, fr_vec b)
+{
+    for (int l = 0; l < FR_LANES; l++)
+        a.lane[l] += b.lane[l];
+    return a;
 }
 #define vec_pin(v) ((void)0)
 #endif
@@ -411,6 +418,19 @@ static void tiled_product(float *C, ptrdiff_t ldc, int M, int Hp, int start,
 #endif
             }
         }
+    }
+}
+
+/* sums (Hp,) += the sum of the n rows of a (n, Hp), a vector at a time: as a
+ * plain loop the compiler must assume sums may overlap a, and adds one float
+ * at a time through memory. */
+static void add_column_sums(float *sums, const float *a, int n, int Hp)
+{
+    for (int v = 0; v < Hp; v += FR_LANES) {
+        fr_vec acc = vec_load(sums + v);
+        for (int i = 0; i < n; i++)
+            acc = vec_add(acc, vec_load(a + i * Hp + v));
+        vec_store(sums + v, acc);
     }
 }
 
@@ -940,9 +960,7 @@ static void train_part(double *loss, int *correct, float *row, float *g,
         const struct fr_factor back = {dz, Hp, 1, p.U_T, Hp, H};
         float *swap;
 
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < Hp; j++)
-                db[j] += dz[i * Hp + j];
+        add_column_sums(db, dz, n, Hp);
         tiled_product(dW, Hp, D, Hp, FR_FROM_C, NULL, &x_T, NULL);
         if (t == 0)
             break;
