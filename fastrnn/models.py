@@ -51,27 +51,35 @@ class _ThreadChooser:
     def __init__(self, cores):
         self.options = (1, cores) if cores > 1 else (1,)
         self.times = {threads: [] for threads in self.options}
+        self.medians = {}
         self.steps = 0
+        # Set by record once every option has been timed three times.  choose
+        # runs on every step, so the medians are compared when a time changes,
+        # not when it is read.
+        self._fastest = self._slowest = None
 
     def choose(self):
         self.steps += 1
-        for threads in self.options:
-            if len(self.times[threads]) < 3:
-                return threads
-        best = min(self.options, key=self._median)
+        if self._fastest is None:
+            for threads in self.options:
+                if len(self.times[threads]) < 3:
+                    return threads
         if self.steps % self.REPROBE == 0:
-            return max(self.options, key=self._median)
-        return best
+            return self._slowest
+        return self._fastest
 
     def record(self, threads, seconds):
         times = self.times[threads]
         times.append(seconds)
         if len(times) > self.SAMPLES:
             del times[0]
-
-    def _median(self, threads):
-        times = sorted(self.times[threads])
-        return times[len(times) // 2]
+        self.medians[threads] = sorted(times)[len(times) // 2]
+        if self._fastest is not None or all(
+            len(self.times[option]) >= 3 for option in self.options
+        ):
+            # On ties both pick the first option, one thread.
+            self._fastest = min(self.options, key=self.medians.__getitem__)
+            self._slowest = max(self.options, key=self.medians.__getitem__)
 
 
 _ACCURACY_NAMES = (
@@ -165,6 +173,9 @@ class Sequential:
         self._row_buffers = {}
         self._fused_cache = {}
         self._thread_chooser = None
+        # Shape and dtype of the last x (and of x and y) that passed the checks;
+        # see _check_x.
+        self._accepted_x = self._accepted_y = None
         for layer in layers or []:
             self.add(layer)
 
@@ -207,6 +218,8 @@ class Sequential:
     def _build(self, sample_shape):
         if not self.layers:
             raise ValueError("the model has no layers; add some with model.add()")
+        self._accepted_x = self._accepted_y = None
+        self._fused_cache = {}
         shape = tuple(sample_shape)
         specs = []
         for layer in self.layers:
@@ -361,6 +374,7 @@ class Sequential:
         if len(metrics) > 1:
             raise ValueError(f"metrics may hold one accuracy metric, got {metrics}")
         self.metrics_names = ["loss"] + metrics
+        self._accepted_y = None
         self._accuracy_name = metrics[0] if metrics else None
         self._compiled = True
         if self.built:
@@ -392,6 +406,11 @@ class Sequential:
 
     def _check_x(self, x, argument="x"):
         """Validate ``x``; builds the model from it if needed.  Returns the array."""
+        # Every check below depends only on the array's shape and dtype and on the
+        # model's layers, and a rebuild forgets what was accepted: a batch like
+        # the last accepted one needs no second look.
+        if type(x) is np.ndarray and (x.shape, x.dtype) == self._accepted_x:
+            return x
         x = _as_numeric(x, argument)
         if not self.layers:
             raise ValueError("the model has no layers; add some with model.add()")
@@ -424,6 +443,7 @@ class Sequential:
             raise ValueError(f"{argument} is empty (0 samples)")
         if any(s == 0 for s in x.shape[1:]):
             raise ValueError(f"{argument} has an empty axis: shape {x.shape}")
+        self._accepted_x = (x.shape, x.dtype)
         return x
 
     def _convert_x(self, x, argument="x"):
@@ -448,6 +468,11 @@ class Sequential:
 
         Returns the array.  A free time axis in the output takes x's step count.
         """
+        # As in _check_x; compile forgets accepted targets, as the loss decides
+        # what they must look like.  Integer labels have their values checked
+        # on every batch, so they are never remembered.
+        if type(y) is np.ndarray and (x.shape, y.shape, y.dtype) == self._accepted_y:
+            return y
         n_samples = x.shape[0]
         y = _as_numeric(y, "y")
         if y.ndim == 0 or y.shape[0] != n_samples:
@@ -491,6 +516,7 @@ class Sequential:
                 f"y must have shape {(n_samples,) + tuple(output)} to match the "
                 f"model's output, got {y.shape}{hint}"
             )
+        self._accepted_y = (x.shape, y.shape, y.dtype)
         return y
 
     def _convert_y(self, y, n_samples):

@@ -101,20 +101,22 @@ class Optimizer:
 
     def checkpoint(self, weights):
         """Remember ``weights`` and the state, for :meth:`rollback`."""
-        # Room for the weights and every state vector as they were before a step.
-        shape = (1 + len(self.state()), weights.size)
-        if getattr(self, "_backup", None) is None or self._backup.shape != shape:
-            self._backup = np.empty(shape, dtype=np.float32)
-        self._backup[0] = weights
-        for row, vector in enumerate(self.state(), start=1):
-            self._backup[row] = vector
+        vectors = [weights, *self.state()]
+        # The weights and every state vector as they were before a step, end to
+        # end, copied by one call: this runs before every training step.
+        size = len(vectors) * weights.size
+        backup = getattr(self, "_backup", None)
+        if backup is None or backup.size != size:
+            backup = self._backup = np.empty(size, dtype=np.float32)
+        np.concatenate(vectors, out=backup)
         self._backup_iterations = self.iterations
 
     def rollback(self, weights):
         """Undo the steps since :meth:`checkpoint`."""
-        weights[:] = self._backup[0]
-        for row, vector in enumerate(self.state(), start=1):
-            vector[:] = self._backup[row]
+        rows = self._backup.reshape(-1, weights.size)
+        weights[:] = rows[0]
+        for row, vector in zip(rows[1:], self.state()):
+            vector[:] = row
         self.iterations = self._backup_iterations
 
     def _allocate(self, size):

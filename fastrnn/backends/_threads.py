@@ -17,6 +17,10 @@ from threadpoolctl import ThreadpoolController
 # Batches of at least this many rows use every core for their products.
 PARALLEL_MIN_ROWS = 512
 
+# os.cpu_count reads a file on Linux, which takes longer than a small batch's
+# Python overhead; the count is read once.
+_CORES = os.cpu_count() or 1
+
 _state = {"libraries": None, "threads": None}
 
 
@@ -32,7 +36,7 @@ def _libraries():
 
 def use_threads_for_batch(rows):
     """Set BLAS threading for products over ``rows`` batch rows (cheap if unchanged)."""
-    threads = (os.cpu_count() or 1) if rows >= PARALLEL_MIN_ROWS else 1
+    threads = _CORES if rows >= PARALLEL_MIN_ROWS else 1
     if threads == _state["threads"]:
         return
     for library in _libraries():
