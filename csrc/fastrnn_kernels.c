@@ -240,13 +240,17 @@ void fr_activation_backward(float *dz, const float *dout, const float *out,
  * remainder.
  */
 
+#if defined(__AVX512F__)
+#define FR_LANES 16
+#else
 #define FR_LANES 8
+#endif
 
 #if defined(__GNUC__)
-typedef float fr_vec __attribute__((vector_size(32)));
+typedef float fr_vec __attribute__((vector_size(FR_LANES * 4)));
 /* the same vector at any float-aligned address: rows of Hp floats start at
  * multiples of 32 bytes only if the buffer does, which NumPy does not promise */
-typedef float fr_vec_at __attribute__((vector_size(32), aligned(4)));
+typedef float fr_vec_at __attribute__((vector_size(FR_LANES * 4), aligned(4)));
 #define FR_INLINE static inline __attribute__((always_inline))
 
 FR_INLINE fr_vec vec_load(const float *p) { return *(const fr_vec_at *)p; }
@@ -296,11 +300,11 @@ FR_INLINE fr_vec vec_add(fr_vec a, fr_vec b)
 #define vec_pin(v) ((void)0)
 #endif
 
-/* Rows and vectors of one tile: with 32 vector registers (AVX-512) a tile of
- * 4 x 4 vectors, its 4 row factors and one weight vector fit; with 16, half
- * the rows. */
+/* Rows and vectors of one tile.  With AVX-512's 32 vector registers a tile of
+ * 6 rows by 4 vectors keeps its 24 accumulators, the 4 weight vectors of one k
+ * and a broadcast row factor in registers; with 16 registers, 2 rows. */
 #if defined(__AVX512F__)
-#define FR_TILE_ROWS 4
+#define FR_TILE_ROWS 6
 #else
 #define FR_TILE_ROWS 2
 #endif
@@ -392,8 +396,13 @@ static void tiled_product(float *C, ptrdiff_t ldc, int M, int Hp, int start,
 {
     const int vecs = Hp / FR_LANES;
 
-    for (int i = 0; i < M; i += FR_TILE_ROWS) {
-        const int R = M - i < FR_TILE_ROWS ? M - i : FR_TILE_ROWS;
+    /* The rows are dealt out evenly, so that no tile is left with a row or
+     * two: 25 rows become 5 tiles of 5, not 4 of 6 and one of 1. */
+    const int tiles = (M + FR_TILE_ROWS - 1) / FR_TILE_ROWS;
+    const int base = tiles > 0 ? M / tiles : 0, extra = tiles > 0 ? M % tiles : 0;
+
+    for (int t = 0, i = 0; t < tiles; t++) {
+        const int R = base + (t < extra);
         for (int v0 = 0; v0 < vecs; v0 += FR_TILE_VECS) {
             const int V = vecs - v0 < FR_TILE_VECS ? vecs - v0 : FR_TILE_VECS;
             float *c = C + i * ldc + v0 * FR_LANES;
@@ -411,13 +420,17 @@ static void tiled_product(float *C, ptrdiff_t ldc, int M, int Hp, int start,
                 FR_TILE_CASE(1, 1); FR_TILE_CASE(1, 2); FR_TILE_CASE(1, 3);
                 FR_TILE_CASE(1, 4); FR_TILE_CASE(2, 1); FR_TILE_CASE(2, 2);
                 FR_TILE_CASE(2, 3); FR_TILE_CASE(2, 4);
-#if FR_TILE_ROWS == 4
+#if FR_TILE_ROWS == 6
                 FR_TILE_CASE(3, 1); FR_TILE_CASE(3, 2); FR_TILE_CASE(3, 3);
                 FR_TILE_CASE(3, 4); FR_TILE_CASE(4, 1); FR_TILE_CASE(4, 2);
-                FR_TILE_CASE(4, 3); FR_TILE_CASE(4, 4);
+                FR_TILE_CASE(4, 3); FR_TILE_CASE(4, 4); FR_TILE_CASE(5, 1);
+                FR_TILE_CASE(5, 2); FR_TILE_CASE(5, 3); FR_TILE_CASE(5, 4);
+                FR_TILE_CASE(6, 1); FR_TILE_CASE(6, 2); FR_TILE_CASE(6, 3);
+                FR_TILE_CASE(6, 4);
 #endif
             }
         }
+        i += R;
     }
 }
 
