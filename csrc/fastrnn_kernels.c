@@ -249,7 +249,8 @@ void fr_activation_backward(float *dz, const float *dout, const float *out,
 #if defined(__GNUC__)
 typedef float fr_vec __attribute__((vector_size(FR_LANES * 4)));
 /* the same vector at any float-aligned address: rows of Hp floats start at
- * multiples of 32 bytes only if the buffer does, which NumPy does not promise */
+ * multiples of the vector size only if the buffer does, which NumPy does not
+ * promise */
 typedef float fr_vec_at __attribute__((vector_size(FR_LANES * 4), aligned(4)));
 #define FR_INLINE static inline __attribute__((always_inline))
 
