@@ -27,6 +27,22 @@ from numba import prange
 
 from fastrnn.backends._jit import kernel, parallel_kernel
 from fastrnn.backends.convert import sequence_to_time_major
+from fastrnn.backends.numba_tiles import (
+    ALIGN,
+    FROM_C,
+    FROM_ROW,
+    FROM_ZERO,
+    address,
+    aligned_size,
+    factor,
+    first_aligned,
+    pack_rnn,
+    packed_rnn_size,
+    pad_columns,
+    padded,
+    tiled_product,
+    unpad_columns,
+)
 
 LINEAR, TANH, RELU, SIGMOID = 0, 1, 2, 3
 
@@ -70,21 +86,50 @@ def tanh32(x):
 
 
 @kernel
-def activation_forward(out, z, activation):
-    """out = act(z) element-wise; ``out`` may be ``z``.  Shapes (M,)."""
+def activate_in_place(h, activation):
+    """h = act(h) element-wise.  h (M,).
+
+    The loops read and write one array: given two, LLVM checks at run time
+    whether they overlap, and when they are one array, as in the recurrence, it
+    takes its scalar loop, which for tanh is several times slower.
+    """
     half = np.float32(0.5)
     if activation == TANH:
-        for i in range(z.size):
-            out[i] = tanh32(z[i])
+        for i in range(h.size):
+            h[i] = tanh32(h[i])
     elif activation == RELU:
-        for i in range(z.size):
-            out[i] = max(z[i], np.float32(0.0))
+        for i in range(h.size):
+            h[i] = max(h[i], np.float32(0.0))
     elif activation == SIGMOID:
         # sigmoid(z) = (1 + tanh(z / 2)) / 2 shares the vectorised tanh.
-        for i in range(z.size):
-            out[i] = half + half * tanh32(half * z[i])
-    else:
+        for i in range(h.size):
+            h[i] = half + half * tanh32(half * h[i])
+
+
+@kernel
+def activation_backward_in_place(dz, out, activation):
+    """dz = dz * act'(z), with act' written in terms of out = act(z).  (M,).
+
+    In place for the reason given in activate_in_place.
+    """
+    one = np.float32(1.0)
+    if activation == TANH:
+        for i in range(dz.size):
+            dz[i] = dz[i] * (one - out[i] * out[i])
+    elif activation == RELU:
+        for i in range(dz.size):
+            dz[i] = dz[i] if out[i] > 0 else np.float32(0.0)
+    elif activation == SIGMOID:
+        for i in range(dz.size):
+            dz[i] = dz[i] * out[i] * (one - out[i])
+
+
+@kernel
+def activation_forward(out, z, activation):
+    """out = act(z) element-wise; ``out`` may be ``z``.  Shapes (M,)."""
+    if out.ctypes.data != z.ctypes.data:
         out[:] = z
+    activate_in_place(out, activation)
 
 
 @kernel
@@ -93,18 +138,9 @@ def activation_backward(dz, dout, out, activation):
 
     Shapes (M,).  ``dz`` may be ``dout``.
     """
-    one = np.float32(1.0)
-    if activation == TANH:
-        for i in range(dz.size):
-            dz[i] = dout[i] * (one - out[i] * out[i])
-    elif activation == RELU:
-        for i in range(dz.size):
-            dz[i] = dout[i] if out[i] > 0 else np.float32(0.0)
-    elif activation == SIGMOID:
-        for i in range(dz.size):
-            dz[i] = dout[i] * out[i] * (one - out[i])
-    else:
+    if dz.ctypes.data != dout.ctypes.data:
         dz[:] = dout
+    activation_backward_in_place(dz, out, activation)
 
 
 # --------------------------------------------------------------------------
@@ -418,8 +454,147 @@ def count_correct(p, y):
 
 
 def train_scratch_size(T, rows, D, H, K):
-    """Elements of scratch that one part of ``rows`` batch rows needs."""
-    return T * rows * D + 2 * T * rows * H + 3 * rows * H + 3 * rows * K
+    """Elements of scratch that one part of ``rows`` batch rows needs.
+
+    The buffers :func:`train_part` carves, each rounded up to whole cache lines,
+    and room to move the first one onto a line.
+    """
+    n, Hp = rows, padded(H)
+    return (
+        ALIGN
+        + packed_rnn_size(D, H)
+        + aligned_size(T * n * Hp)
+        + 2 * aligned_size(n * Hp)
+        + aligned_size(D * Hp)
+        + aligned_size(H * Hp)
+        + aligned_size(Hp)
+        + 3 * aligned_size(n * K)
+        + 2 * aligned_size(n * H)
+        + aligned_size(1)
+    )
+
+
+@kernel
+def carve(row, at, size):
+    """The ``size`` floats of ``row`` from ``at``, and the aligned offset after them."""
+    return row[at : at + size], at + aligned_size(size)
+
+
+@kernel
+def train_part(row, g, x_tm, y, W, U, b, V, c, first, n, activation):
+    """Forward, loss and backward of batch rows first .. first + n - 1.
+
+    row (S,)  scratch, S at least train_scratch_size(T, n, D, H, K)
+    g (G,)    out: the part's gradients of W (D, H), U (H, H), b (H,), V (H, K)
+              and c (K,), flattened in that order
+    x_tm (T, B, D), y (B, K), W (D, H), U (H, H), b (H,), V (H, K), c (K,)
+
+    Every product of the recurrence is a tiled one on rows padded to Hp (see
+    numba_tiles); the Dense layer's few small products go to BLAS.  Returns the
+    part's mean loss times n and its number of correct rows.
+    """
+    T, B, D = x_tm.shape
+    H = W.shape[1]
+    K = V.shape[1]
+    Hp = padded(H)
+    nHp = n * Hp
+
+    # Carve this part's buffers out of its scratch row, from a cache line on.
+    at = first_aligned(row)
+    packed, at = carve(row, at, packed_rnn_size(D, H))
+    hs, at = carve(row, at, T * nHp)
+    dz, at = carve(row, at, nHp)
+    dz_prev, at = carve(row, at, nHp)
+    dW, at = carve(row, at, D * Hp)
+    dU, at = carve(row, at, H * Hp)
+    db, at = carve(row, at, Hp)
+    logits, at = carve(row, at, n * K)
+    probs, at = carve(row, at, n * K)
+    dlogits, at = carve(row, at, n * K)
+    h_last, at = carve(row, at, n * H)
+    dh_last, at = carve(row, at, n * H)
+    one, at = carve(row, at, 1)
+    logits = logits.reshape(n, K)
+    probs = probs.reshape(n, K)
+    dlogits = dlogits.reshape(n, K)
+    h_last = h_last.reshape(n, H)
+    dh_last = dh_last.reshape(n, H)
+    gW = g[: D * H].reshape(D, H)
+    gU = g[D * H : D * H + H * H].reshape(H, H)
+    gb = g[D * H + H * H : D * H + H * H + H].reshape(1, H)
+    gV = g[D * H + H * H + H : D * H + H * H + H + H * K].reshape(H, K)
+    gc = g[D * H + H * H + H + H * K : D * H + H * H + H + H * K + K]
+    y_part = y[first : first + n]
+
+    # The tiles take raw pointers; every buffer is a view of an argument, which
+    # outlives them.  x_tm is read where it lies, through its strides.
+    offsets = pack_rnn(packed, W, U, b, True)
+    U_T_at = offsets[2]
+    p_packed = address(packed)
+    p_hs = address(hs)
+    p_x = address(x_tm)
+    step_stride = x_tm.strides[0] // 4
+    sample_stride = x_tm.strides[1] // 4
+    feature_stride = x_tm.strides[2] // 4
+    strides = (sample_stride, step_stride, feature_stride)
+    x_at = first * sample_stride
+    one[0] = 1
+    p_one = address(one)
+    no_factor = factor(p_one, 0, 0, 0, p_one, 0, 0, 0)
+
+    # forward
+    tiled_rnn_forward(hs, x_tm, x_at, strides, packed, offsets, n, T, D, H,
+                      activation, True)  # fmt: skip
+    unpad_columns(h_last, hs[(T - 1) * nHp :], Hp)
+    dense_forward(logits, h_last, V, c)
+
+    # loss, fused with the softmax; the part's mean is weighted by its share of
+    # the batch, so that the parts' gradients sum to that of the batch mean
+    loss = softmax_xent_forward(probs, logits, y_part) * n
+    correct = count_correct(probs, y_part)
+    softmax_xent_backward(dlogits, probs, y_part)
+    share = np.float32(n / B)
+    for i in range(n):
+        for k in range(K):
+            dlogits[i, k] *= share
+
+    # Dense backward; dz starts as dh_last, padded with zeros
+    dense_backward(gV, gc, dh_last, dlogits, h_last, V)
+    pad_columns(dz, dh_last, Hp)
+    activation_backward_in_place(dz, hs[(T - 1) * nHp : T * nHp], activation)
+
+    # BPTT, gathering each step's share of dW, dU and db while its dz is in
+    # cache: dz_{t-1} = (dz_t U^T) * act'(h_{t-1}), with h_{t-1} pairing with dz_t
+    # in dU.  db is the product of a row of ones with dz, which adds each row
+    # exactly as a plain sum would.
+    dW[:] = 0
+    dU[:] = 0
+    db[:] = 0
+    for t in range(T - 1, -1, -1):
+        p_dz = address(dz)
+        h_prev_at = (t - 1) * nHp
+        ones = factor(p_one, 0, 0, 0, p_dz, 0, Hp, n)
+        tiled_product(address(db), 0, Hp, 1, Hp, FROM_C, p_one, 0, ones, no_factor)
+        x_T = factor(
+            p_x, x_at + t * step_stride, feature_stride, sample_stride,
+            p_dz, 0, Hp, n,
+        )  # fmt: skip
+        tiled_product(address(dW), 0, Hp, D, Hp, FROM_C, p_one, 0, x_T, no_factor)
+        if t == 0:
+            break
+        h_T = factor(p_hs, h_prev_at, 1, Hp, p_dz, 0, Hp, n)
+        tiled_product(address(dU), 0, Hp, H, Hp, FROM_C, p_one, 0, h_T, no_factor)
+        back = factor(p_dz, 0, Hp, 1, p_packed, U_T_at, Hp, H)
+        p_dz_prev = address(dz_prev)
+        tiled_product(p_dz_prev, 0, Hp, n, Hp, FROM_ZERO, p_one, 0, back, no_factor)
+        activation_backward_in_place(
+            dz_prev, hs[h_prev_at : h_prev_at + nHp], activation
+        )
+        dz, dz_prev = dz_prev, dz
+    unpad_columns(gW, dW, Hp)
+    unpad_columns(gU, dU, Hp)
+    unpad_columns(gb, db, Hp)
+    return loss, correct
 
 
 @parallel_kernel
@@ -476,58 +651,10 @@ def _rnn_dense_xent_train_step(
     for part in prange(parts):
         first = bounds[part]
         n = bounds[part + 1] - first
-        row = scratch[part]
-
-        # Carve this part's buffers out of its scratch row.
-        at = 0
-        x_part = row[at : at + T * n * D].reshape(T, n, D)
-        at += T * n * D
-        hs = row[at : at + T * n * H].reshape(T, n, H)
-        at += T * n * H
-        dz = row[at : at + T * n * H].reshape(T, n, H)
-        at += T * n * H
-        work = row[at : at + 2 * n * H].reshape(2, n, H)
-        at += 2 * n * H
-        dh_last = row[at : at + n * H].reshape(1, n, H)
-        at += n * H
-        logits = row[at : at + n * K].reshape(n, K)
-        at += n * K
-        probs = row[at : at + n * K].reshape(n, K)
-        at += n * K
-        dlogits = row[at : at + n * K].reshape(n, K)
-        g = part_grads[part]
-        at = 0
-        gW = g[at : at + D * H].reshape(D, H)
-        at += D * H
-        gU = g[at : at + H * H].reshape(H, H)
-        at += H * H
-        gb = g[at : at + H]
-        at += H
-        gV = g[at : at + H * K].reshape(H, K)
-        at += H * K
-        gc = g[at : at + K]
-        y_part = y[first : first + n]
-        for t in range(T):
-            x_part[t] = x_tm[t, first : first + n]
-
-        # forward
-        rnn_forward(hs, work, x_part, W, U, b, activation)
-        dense_forward(logits, hs[T - 1], V, c)
-
-        # loss, fused with the softmax; the part's mean is weighted by its share
-        part_loss[part] = softmax_xent_forward(probs, logits, y_part) * n
-        part_correct[part] = count_correct(probs, y_part)
-        softmax_xent_backward(dlogits, probs, y_part)
-        share = np.float32(n / B)
-        for i in range(n):
-            for k in range(K):
-                dlogits[i, k] *= share
-
-        # backward
-        dense_backward(gV, gc, dh_last[0], dlogits, hs[T - 1], V)
-        rnn_backward(
-            gW, gU, gb, x_part[:0], dz, work, dh_last, hs, x_part, W, U, activation
-        )
+        part_loss[part], part_correct[part] = train_part(
+            scratch[part], part_grads[part], x_tm, y, W, U, b, V, c, first, n,
+            activation,
+        )  # fmt: skip
 
     loss = part_loss.sum() / B
     correct = part_correct.sum()
@@ -620,23 +747,168 @@ def rnn_dense_xent_train_step(
 # --------------------------------------------------------------------------
 # inference of SimpleRNN -> Dense on many samples, both cores
 
-# Rows per chunk: small enough that a chunk's buffers stay in the L2 cache, large
-# enough that each product is worth a BLAS call.
+# Rows per chunk: enough for the tiles to run at full speed, few enough that a
+# chunk's hidden states stay in the L2 cache and that the chunks spread evenly
+# over the cores.  The C backend uses the same.
 PREDICT_CHUNK = 256
 
 
-@parallel_kernel
 def rnn_dense_predict(logits, x, W, U, b, V, c, activation):
     """logits = h_T V + c for every sample, in chunks spread over the cores.
 
-    logits (B, K) out;  x (B, T, D) any real dtype and layout (converted here)
+    logits (B, K) out;  x (B, T, D) any real dtype and layout
     W (D, H), U (H, H), b (H,), V (H, K), c (K,)
 
-    Only the current and previous hidden states are kept, so memory does not
-    grow with T.  Returns False if x holds a value that is not finite in float32.
+    A float32 x is read where it lies, through its strides; any other x is
+    converted chunk by chunk.  Only the current and previous hidden states are
+    kept, so memory does not grow with T.  Returns False if x holds a value
+    that is not finite in float32.
     """
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"rnn_dense_predict: x must be (B, T, D), got {x.shape}")
+    strides = _element_strides(x)
+    if strides is None:
+        return _predict_converted(logits, x, W, U, b, V, c, activation)
+    # x stays referenced here while the kernel reads it through its address.
+    return _predict_in_place(
+        logits, x.ctypes.data, *strides, x.shape[1], x.shape[2],
+        W, U, b, V, c, activation,
+    )  # fmt: skip
+
+
+def _element_strides(x):
+    """(sample, step, feature) strides of x in floats, or None if x is not
+    float32 that the kernels can read in place."""
+    if x.dtype != np.float32 or not x.dtype.isnative or not x.flags.aligned:
+        return None
+    if any(s % 4 for s in x.strides):
+        return None
+    return tuple(s // 4 for s in x.strides)
+
+
+@kernel
+def pack_for_predict(W, U, b):
+    """W, U and b in padded rows, and their offsets (see pack_rnn)."""
+    D, H = W.shape
+    buffer = np.empty(ALIGN + packed_rnn_size(D, H), dtype=np.float32)
+    packed = buffer[first_aligned(buffer) :]
+    return packed, pack_rnn(packed, W, U, b, False)
+
+
+@kernel
+def samples_finite(x_address, x_at, strides, n, T, D):
+    """True if the n samples of x from x_at are all finite.  x (n, T, D) floats.
+
+    strides: (sample, step, feature) in floats.  Sample by sample, so that a
+    batch-major x is read in one forward sweep; this pass is what brings x into
+    cache for the forward pass.
+    """
+    x = address(x_address)
+    sample_stride, step_stride, feature_stride = strides
+    finite = True
+    for i in range(n):
+        for t in range(T):
+            at = x_at + i * sample_stride + t * step_stride
+            for d in range(D):
+                if not np.isfinite(x[at + d * feature_stride]):
+                    finite = False
+    return finite
+
+
+@kernel
+def tiled_rnn_forward(hs, x_source, x_at, strides, packed, offsets, n, T, D, H,
+                      activation, keep_all):  # fmt: skip
+    """h_t = act(x_t W + h_{t-1} U + b) for t = 0 .. T - 1, h_{-1} = 0, on tiles.
+
+    hs (T, n, Hp) flat  out: every state if ``keep_all``, else only two, with
+                        h_t at (t % 2) n Hp (then hs needs only 2 n Hp)
+    x_source            x (n, T, D) as an array, or the address of its floats,
+                        read where it lies: sample i's step t starts at
+                        x_at + i sample + t step, with strides (sample, step,
+                        feature) in floats.  The caller keeps it alive.
+    packed, offsets     W, U, b in padded rows and their offsets, from pack_rnn
+    Returns the offset of the last state in hs (zero if T is 0).
+    """
+    W_at, U_at, _, b_at = offsets
+    sample_stride, step_stride, feature_stride = strides
+    Hp = padded(H)
+    nHp = n * Hp
+    p_hs = address(hs)
+    p_x = address(x_source)
+    p_packed = address(packed)
+    h_at = 0
+    if T == 0:
+        hs[:nHp] = 0
+    for t in range(T):
+        h_prev_at = h_at
+        h_at = t * nHp if keep_all else t % 2 * nHp
+        inputs = factor(
+            p_x, x_at + t * step_stride, sample_stride, feature_stride,
+            p_packed, W_at, Hp, D,
+        )  # fmt: skip
+        recurrent = factor(
+            p_hs, h_prev_at, Hp, 1, p_packed, U_at, Hp, H if t > 0 else 0
+        )
+        tiled_product(
+            p_hs, h_at, Hp, n, Hp, FROM_ROW, p_packed, b_at, inputs, recurrent
+        )
+        h = hs[h_at : h_at + nHp]
+        activate_in_place(h, activation)
+    return h_at
+
+
+@kernel
+def predict_chunk(logits, x_source, x_at, strides, T, D, packed, offsets, V, c,
+                  activation):  # fmt: skip
+    """logits (n, K) of the n samples of x from x_at.
+
+    x_source, x_at, strides  x (n, T, D), as for tiled_rnn_forward
+    packed, offsets          W, U and b in padded rows, from pack_for_predict
+    V (H, K), c (K,)
+    """
+    n, K = logits.shape
+    H = V.shape[0]
+    nHp = n * padded(H)
+
+    # Two hidden states, current and previous, and the last one unpadded for BLAS
+    buffer = np.empty(ALIGN + 2 * nHp + n * H, dtype=np.float32)
+    h = buffer[first_aligned(buffer) :]
+    h_last = h[2 * nHp : 2 * nHp + n * H].reshape(n, H)
+    last_at = tiled_rnn_forward(h, x_source, x_at, strides, packed, offsets, n, T,
+                                D, H, activation, False)  # fmt: skip
+    unpad_columns(h_last, h[last_at:], padded(H))
+    dense_forward(logits, h_last, V, c)
+
+
+@parallel_kernel
+def _predict_in_place(logits, x_address, sample_stride, step_stride, feature_stride,
+                      T, D, W, U, b, V, c, activation):  # fmt: skip
+    """rnn_dense_predict of a float32 x (B, T, D) at x_address, with element
+    strides between samples, steps and features."""
+    B = logits.shape[0]
+    packed, offsets = pack_for_predict(W, U, b)
+    strides = (sample_stride, step_stride, feature_stride)
+    n_chunks = (B + PREDICT_CHUNK - 1) // PREDICT_CHUNK
+    finite = np.ones(n_chunks, dtype=np.bool_)
+    for chunk in prange(n_chunks):
+        start = chunk * PREDICT_CHUNK
+        stop = min(B, start + PREDICT_CHUNK)
+        x_at = start * sample_stride
+        finite[chunk] = samples_finite(x_address, x_at, strides, stop - start, T, D)
+        predict_chunk(
+            logits[start:stop], x_address, x_at, strides, T, D,
+            packed, offsets, V, c, activation,
+        )  # fmt: skip
+    return finite.all()
+
+
+@parallel_kernel
+def _predict_converted(logits, x, W, U, b, V, c, activation):
+    """rnn_dense_predict of an x (B, T, D) of another dtype or byte order, each
+    chunk converted to float32, time-major."""
     B, T, D = x.shape
-    H = W.shape[1]
+    packed, offsets = pack_for_predict(W, U, b)
     n_chunks = (B + PREDICT_CHUNK - 1) // PREDICT_CHUNK
     finite = np.ones(n_chunks, dtype=np.bool_)
     for chunk in prange(n_chunks):
@@ -645,13 +917,8 @@ def rnn_dense_predict(logits, x, W, U, b, V, c, activation):
         n = stop - start
         x_tm = np.empty((T, n, D), dtype=np.float32)
         finite[chunk] = sequence_to_time_major(x_tm, x[start:stop])
-        h = np.empty((2, n, H), dtype=np.float32)
-        step = np.zeros((n, H), dtype=np.float32)
-        for t in range(T):
-            current = h[t % 2]
-            np.dot(x_tm[t], W, current)
-            if t > 0:
-                np.dot(h[(t - 1) % 2], U, step)
-            add_step_activate(current, step, b, activation)
-        dense_forward(logits[start:stop], h[(T - 1) % 2], V, c)
+        predict_chunk(
+            logits[start:stop], x_tm, 0, (D, n * D, 1), T, D,
+            packed, offsets, V, c, activation,
+        )  # fmt: skip
     return finite.all()

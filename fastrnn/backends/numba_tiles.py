@@ -1,0 +1,408 @@
+"""Register-tiled products of small matrices for the Numba kernels.
+
+The fused train step and predict multiply matrices of a few dozen rows and
+columns at every time step.  A BLAS call copies (packs) its operands first,
+which at these sizes costs about as much as the product, and a plain Numba loop
+nest keeps the result in memory.  :func:`tiled_product` instead keeps a tile of
+R rows by V vectors of the result in vector registers while the contraction
+runs, as the C backend's ``tile()`` does; the tile is written in LLVM IR with
+explicit vector types because Numba has no other way to hold a block of
+accumulators in registers.
+
+Operands are addressed as in the C backend: a pointer to float32 and element
+offsets.  Results and right-hand factors have rows of a "padded" width Hp, H
+rounded up to a whole number of vectors of ``LANES`` floats; the padding
+columns of every right-hand factor are kept at zero, so those of every result
+stay zero too and no loop needs a remainder.
+
+A factor of a product is the tuple made by :func:`factor`: element (r, k) of
+its left-hand side A lies at ``a[a_at + r * a_row + k * a_col]`` (so A or its
+transpose is read where it lies) and row k of its right-hand side at
+``b[b_at + k * ldb]``.
+
+Each element of a result is accumulated in a fixed order: its start value,
+then k = 0 .. k_len - 1 of the first factor, then of the second, each term a
+fused multiply-add.  The C backend uses the same order, so the two agree to
+rounding.
+
+Shape letters: B batch, T time steps, D input features, H hidden units, K
+output units.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+from fastrnn.backends._jit import kernel
+
+
+def compile_features():
+    """The CPU features Numba compiles for, as a set of names like ``"avx2"``.
+
+    Numba's configured features (``NUMBA_CPU_FEATURES``) win; otherwise those
+    of the host as Numba reads them, which drops AVX when ``NUMBA_ENABLE_AVX``
+    is off.
+    """
+    features = config.CPU_FEATURES
+    if features is None:
+        try:
+            from numba.core.codegen import get_host_cpu_features
+        except ImportError:  # an older or newer layout of Numba's internals
+            from llvmlite.binding import get_host_cpu_features as host
+
+            features = host().flatten()
+        else:
+            features = get_host_cpu_features()
+    return {name[1:] for name in features.split(",") if name.startswith("+")}
+
+
+_FEATURES = compile_features()
+
+# Floats per vector.  Where AVX-512 is available a 16-float FMA costs the same
+# as an 8-float one on current cores, so it doubles the throughput; elsewhere
+# LLVM splits 8-float vectors into what the target has (two SSE registers
+# without AVX).  The choice is part of the compiled code, and Numba's on-disk
+# cache is keyed by the CPU features too, so a cached kernel never meets the
+# other width.
+LANES = 16 if "avx512f" in _FEATURES else 8
+
+# Rows and vectors of the largest tile.  With AVX-512's 32 vector registers a
+# tile of 6 rows by 4 vectors keeps its 24 accumulators and the 4 right-hand
+# vectors of one k in registers (the row factor is broadcast from memory inside
+# the FMA); with 16 registers, 2 rows.
+TILE_ROWS = 6 if LANES == 16 else 2
+TILE_VECS = 4
+
+# llvm.fma is one instruction where the CPU has FMA but a libm call per lane
+# where it has not; llvm.fmuladd fuses exactly where fusing is fast, as a C
+# compiler contracting a * b + c does.
+_FMA_NAME = "llvm.fma" if "fma" in _FEATURES else "llvm.fmuladd"
+
+# Where the accumulators of a tile start.
+FROM_ZERO, FROM_ROW, FROM_C = 0, 1, 2
+
+# Scratch is carved into buffers whose offsets are multiples of this many
+# floats (64 bytes), so that a vector of a padded row never straddles a cache
+# line.
+ALIGN = 16
+
+
+@kernel
+def padded(n):
+    """n rounded up to a whole number of vectors of LANES floats."""
+    return (n + LANES - 1) // LANES * LANES
+
+
+@kernel
+def aligned_size(n):
+    """n rounded up to a multiple of ALIGN floats."""
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+# --------------------------------------------------------------------------
+# pointers
+
+
+_FLOAT_POINTER = types.CPointer(types.float32)
+
+
+@intrinsic
+def address(typingctx, source):
+    """Pointer to float32 at an array's first element, or at an integer address.
+
+    The pointer does not keep the array alive: it must be used only while the
+    array is (an argument of the calling kernel, or an array it goes on using).
+    """
+    if isinstance(source, types.Array) and source.dtype == types.float32:
+
+        def from_array(context, builder, signature, arguments):
+            array_type = signature.args[0]
+            array = context.make_array(array_type)(context, builder, arguments[0])
+            return array.data
+
+        return _FLOAT_POINTER(source), from_array
+    if isinstance(source, types.Integer):
+
+        def from_integer(context, builder, signature, arguments):
+            return builder.inttoptr(
+                arguments[0], context.get_value_type(signature.return_type)
+            )
+
+        return _FLOAT_POINTER(source), from_integer
+    return None
+
+
+@kernel
+def factor(a, a_at, a_row, a_col, b, b_at, ldb, k_len):
+    """One factor A B of a tiled product (see the module docstring).
+
+    Built by a kernel so that its offsets are always int64 and every product
+    compiles to one specialisation of :func:`tiled_product`.
+    """
+    return (a, a_at, a_row, a_col, b, b_at, ldb, k_len)
+
+
+@kernel
+def _moved(f, rows, vecs):
+    """Factor f for the tile ``rows`` rows down and ``vecs`` vectors right."""
+    a, a_at, a_row, a_col, b, b_at, ldb, k_len = f
+    return (a, a_at + rows * a_row, a_row, a_col, b, b_at + vecs * LANES, ldb, k_len)
+
+
+# --------------------------------------------------------------------------
+# the tile
+
+
+def _is_factor(ty):
+    return (
+        isinstance(ty, types.BaseTuple)
+        and len(ty) == 8
+        and ty[0] == _FLOAT_POINTER
+        and ty[4] == _FLOAT_POINTER
+        and all(isinstance(ty[i], types.Integer) for i in (1, 2, 3, 5, 6, 7))
+    )
+
+
+@intrinsic
+def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
+    """C tile = start + A1 B1 + A2 B2 for ``rows`` x ``vecs`` vectors of C.
+
+    The tile's element (r, j) lies at c[c_at + r * ldc + j].  Its start is zero
+    (FROM_ZERO), the row at s[s_at] in every row (FROM_ROW), or C itself
+    (FROM_C).  ``first`` and ``second`` are factors; a k_len of 0 leaves one
+    out.  rows and vecs are run-time values of at most TILE_ROWS and TILE_VECS:
+    a switch picks the tile compiled for them, whose accumulators are fixed in
+    number and so live in registers.
+    """
+    integers = (c_at, ldc, rows, vecs, start, s_at)
+    if not (
+        c == _FLOAT_POINTER
+        and s == _FLOAT_POINTER
+        and all(isinstance(ty, types.Integer) for ty in integers)
+        and _is_factor(first)
+        and _is_factor(second)
+    ):
+        return None
+    signature = types.void(c, c_at, ldc, rows, vecs, start, s, s_at, first, second)
+
+    def codegen(context, builder, signature, arguments):
+        intp = context.get_value_type(types.intp)
+        i32 = ir.IntType(32)
+        vector = ir.VectorType(ir.FloatType(), LANES)
+        fma = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vector, [vector] * 3),
+            f"{_FMA_NAME}.v{LANES}f32",
+        )
+        argument_types = signature.args
+
+        def as_intp(value, ty):
+            return context.cast(builder, value, ty, types.intp)
+
+        c_ptr, c_at_, ldc_, rows_, vecs_, start_, s_ptr, s_at_ = (
+            value if ty == _FLOAT_POINTER else as_intp(value, ty)
+            for value, ty in zip(arguments[:8], argument_types[:8])
+        )
+        factors = []
+        for value, ty in zip(arguments[8:], argument_types[8:]):
+            fields = [builder.extract_value(value, i) for i in range(8)]
+            factors.append(
+                [
+                    field if i in (0, 4) else as_intp(field, ty[i])
+                    for i, field in enumerate(fields)
+                ]
+            )
+
+        def const(value):
+            return ir.Constant(intp, value)
+
+        def add(*terms):
+            total = terms[0]
+            for term in terms[1:]:
+                total = builder.add(total, term)
+            return total
+
+        def vector_at(pointer, at):
+            element = builder.gep(pointer, [at])
+            return builder.bitcast(element, vector.as_pointer())
+
+        def load_vector(pointer, at):
+            # NumPy promises float alignment only; the loads say so.
+            return builder.load(vector_at(pointer, at), align=4)
+
+        def splat(scalar):
+            lane_0 = builder.insert_element(
+                ir.Constant(vector, ir.Undefined), scalar, ir.Constant(i32, 0)
+            )
+            everywhere = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
+            return builder.shuffle_vector(
+                lane_0, ir.Constant(vector, ir.Undefined), everywhere
+            )
+
+        # One stack slot per accumulator, in the function's entry block, shared
+        # by every tile shape; LLVM promotes them to registers, so the loops
+        # below carry the accumulators without touching memory.
+        slots = [
+            [cgutils.alloca_once(builder, vector) for _ in range(TILE_VECS)]
+            for _ in range(TILE_ROWS)
+        ]
+
+        def c_offset(r, v):
+            return add(c_at_, builder.mul(const(r), ldc_), const(v * LANES))
+
+        def emit(R, V):
+            # start
+            is_zero = builder.icmp_signed("==", start_, const(FROM_ZERO))
+            with builder.if_else(is_zero) as (zero, loaded):
+                with zero:
+                    for r in range(R):
+                        for v in range(V):
+                            builder.store(ir.Constant(vector, None), slots[r][v])
+                with loaded:
+                    is_row = builder.icmp_signed("==", start_, const(FROM_ROW))
+                    with builder.if_else(is_row) as (from_row, from_c):
+                        with from_row:
+                            for v in range(V):
+                                value = load_vector(s_ptr, add(s_at_, const(v * LANES)))
+                                for r in range(R):
+                                    builder.store(value, slots[r][v])
+                        with from_c:
+                            for r in range(R):
+                                for v in range(V):
+                                    value = load_vector(c_ptr, c_offset(r, v))
+                                    builder.store(value, slots[r][v])
+
+            # the contraction, factor by factor, k in order
+            for a, a_at, a_row, a_col, b, b_at, ldb, k_len in factors:
+                with cgutils.for_range(builder, k_len, intp=intp) as loop:
+                    k = loop.index
+                    a_k = add(a_at, builder.mul(k, a_col))
+                    row_factors = [
+                        splat(builder.load(builder.gep(a, [add(a_k, r_offset)])))
+                        for r_offset in (builder.mul(const(r), a_row) for r in range(R))
+                    ]
+                    b_k = add(b_at, builder.mul(k, ldb))
+                    for v in range(V):
+                        b_vector = load_vector(b, add(b_k, const(v * LANES)))
+                        for r in range(R):
+                            total = builder.call(
+                                fma,
+                                [row_factors[r], b_vector, builder.load(slots[r][v])],
+                            )
+                            builder.store(total, slots[r][v])
+
+            # store
+            for r in range(R):
+                for v in range(V):
+                    pointer = vector_at(c_ptr, c_offset(r, v))
+                    builder.store(builder.load(slots[r][v]), pointer, align=4)
+
+        done = builder.append_basic_block("tile.done")
+        shape = add(builder.mul(rows_, const(TILE_VECS + 1)), vecs_)
+        switch = builder.switch(shape, done)
+        for R in range(1, TILE_ROWS + 1):
+            for V in range(1, TILE_VECS + 1):
+                block = builder.append_basic_block(f"tile.{R}x{V}")
+                switch.add_case(const(R * (TILE_VECS + 1) + V), block)
+                builder.position_at_end(block)
+                emit(R, V)
+                builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@kernel
+def tiled_product(c, c_at, ldc, rows, width, start, s, s_at, first, second):
+    """C (rows, width) = start + A1 B1 + A2 B2, tile by tile.
+
+    C's element (i, j) lies at c[c_at + i * ldc + j]; width is a multiple of
+    LANES.  start, s, s_at, first and second are those of :func:`_tile`.
+    """
+    vecs = width // LANES
+    tiles = (rows + TILE_ROWS - 1) // TILE_ROWS
+    if tiles == 0:
+        return
+    # The rows are dealt out evenly, so that no tile is left with a row or two:
+    # 25 rows become 5 tiles of 5, not 4 of 6 and one of 1.
+    base = rows // tiles
+    extra = rows % tiles
+    i = 0
+    for t in range(tiles):
+        R = base + 1 if t < extra else base
+        for v0 in range(0, vecs, TILE_VECS):
+            _tile(
+                c,
+                c_at + i * ldc + v0 * LANES,
+                ldc,
+                R,
+                min(TILE_VECS, vecs - v0),
+                start,
+                s,
+                s_at + v0 * LANES,
+                _moved(first, i, v0),
+                _moved(second, i, v0),
+            )
+        i += R
+
+
+# --------------------------------------------------------------------------
+# padded layouts
+
+
+@kernel
+def pad_columns(dst, src, width):
+    """dst (rows * width,) = src (rows, cols) in rows of ``width``, zero past cols."""
+    rows, cols = src.shape
+    for i in range(rows):
+        for j in range(cols):
+            dst[i * width + j] = src[i, j]
+        for j in range(cols, width):
+            dst[i * width + j] = 0
+
+
+@kernel
+def unpad_columns(dst, src, width):
+    """dst (rows, cols) = the first cols of each row of ``width`` in src (flat)."""
+    rows, cols = dst.shape
+    for i in range(rows):
+        for j in range(cols):
+            dst[i, j] = src[i * width + j]
+
+
+@kernel
+def first_aligned(buffer):
+    """Index of the first element of ``buffer`` (float32, 1-D) on a 64-byte line."""
+    misplaced = buffer.ctypes.data // 4 % ALIGN
+    return (ALIGN - misplaced) % ALIGN
+
+
+@kernel
+def packed_rnn_size(D, H):
+    """Floats of the padded W (D, Hp), U (H, Hp), U^T (H, Hp) and b (Hp,)."""
+    Hp = padded(H)
+    return aligned_size(D * Hp) + 2 * aligned_size(H * Hp) + aligned_size(Hp)
+
+
+@kernel
+def pack_rnn(packed, W, U, b, transpose):
+    """Lay W, U, b (and U^T if ``transpose``) out in padded rows in ``packed``.
+
+    packed (packed_rnn_size(D, H),) out, from an aligned start
+    W (D, H), U (H, H), b (H,)
+    Returns the offsets of W, U, U^T and b in packed.
+    """
+    D, H = W.shape
+    Hp = padded(H)
+    W_at = 0
+    U_at = W_at + aligned_size(D * Hp)
+    U_T_at = U_at + aligned_size(H * Hp)
+    b_at = U_T_at + aligned_size(H * Hp)
+    pad_columns(packed[W_at:], W, Hp)
+    pad_columns(packed[U_at:], U, Hp)
+    pad_columns(packed[b_at:], b.reshape(1, H), Hp)
+    if transpose:
+        pad_columns(packed[U_T_at:], U.T, Hp)
+    return W_at, U_at, U_T_at, b_at
