@@ -20,6 +20,16 @@ def kernel(func):
     return numba.jit(**KERNEL_OPTIONS)(func)
 
 
+def typed_kernel(signature):
+    """Compile the decorated function as a serial kernel of one ``signature``.
+
+    Numba otherwise compiles a kernel again for every combination of literal
+    constants it is called with; with a signature it compiles once, at import
+    (or loads the cached code), and converts the arguments of every call.
+    """
+    return numba.jit(signature, **KERNEL_OPTIONS)
+
+
 def parallel_kernel(func):
     """Compile ``func`` as a kernel whose ``prange`` loops use every core."""
     return numba.jit(**PARALLEL_OPTIONS)(func)

@@ -29,12 +29,14 @@ Shape letters: B batch, T time steps, D input features, H hidden units, K
 output units.
 """
 
+import platform
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-from fastrnn.backends._jit import kernel
+from fastrnn.backends._jit import kernel, typed_kernel
 
 
 def compile_features():
@@ -73,6 +75,9 @@ LANES = 16 if "avx512f" in _FEATURES else 8
 # the FMA); with 16 registers, 2 rows.
 TILE_ROWS = 6 if LANES == 16 else 2
 TILE_VECS = 4
+
+# The constraint that pins a vector to a register (see _tile) is x86's.
+_PIN_VECTORS = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 # llvm.fma is one instruction where the CPU has FMA but a libm call per lane
 # where it has not; llvm.fmuladd fuses exactly where fusing is fast, as a C
@@ -133,17 +138,21 @@ def address(typingctx, source):
     return None
 
 
-@kernel
-def factor(a, a_at, a_row, a_col, b, b_at, ldb, k_len):
-    """One factor A B of a tiled product (see the module docstring).
+# A factor, as factor() makes it; its offsets are int64 whatever literal
+# constants a call passes, so that every product shares one compiled
+# tiled_product.
+FACTOR = types.Tuple(
+    (_FLOAT_POINTER, *[types.int64] * 3, _FLOAT_POINTER, *[types.int64] * 3)
+)
 
-    Built by a kernel so that its offsets are always int64 and every product
-    compiles to one specialisation of :func:`tiled_product`.
-    """
+
+@typed_kernel(FACTOR(*FACTOR))
+def factor(a, a_at, a_row, a_col, b, b_at, ldb, k_len):
+    """One factor A B of a tiled product (see the module docstring)."""
     return (a, a_at, a_row, a_col, b, b_at, ldb, k_len)
 
 
-@kernel
+@typed_kernel(FACTOR(FACTOR, types.int64, types.int64))
 def _moved(f, rows, vecs):
     """Factor f for the tile ``rows`` rows down and ``vecs`` vectors right."""
     a, a_at, a_row, a_col, b, b_at, ldb, k_len = f
@@ -231,6 +240,15 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
             # NumPy promises float alignment only; the loads say so.
             return builder.load(vector_at(pointer, at), align=4)
 
+        def pin(value):
+            # An empty asm that claims to change the vector keeps it in a
+            # register: left alone, LLVM holds the R broadcast row factors in
+            # registers instead and a 6-row tile has too few left for the B
+            # vectors, which costs it a fifth of its speed.  The row factors
+            # then come from memory inside each FMA (an embedded broadcast).
+            signature = ir.FunctionType(vector, [vector])
+            return builder.asm(signature, "", "=v,0", [value], side_effect=False)
+
         def splat(scalar):
             lane_0 = builder.insert_element(
                 ir.Constant(vector, ir.Undefined), scalar, ir.Constant(i32, 0)
@@ -247,6 +265,10 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
             [cgutils.alloca_once(builder, vector) for _ in range(TILE_VECS)]
             for _ in range(TILE_ROWS)
         ]
+
+        # A second factor of no terms is left out, so that its loop is not run.
+        has_second = builder.icmp_signed("!=", factors[1][7], const(0))
+        factor_count = builder.select(has_second, const(2), const(1))
 
         def c_offset(r, v):
             return add(c_at_, builder.mul(const(r), ldc_), const(v * LANES))
@@ -273,8 +295,14 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
                                     value = load_vector(c_ptr, c_offset(r, v))
                                     builder.store(value, slots[r][v])
 
-            # the contraction, factor by factor, k in order
-            for a, a_at, a_row, a_col, b, b_at, ldb, k_len in factors:
+            # The contraction, factor by factor, k in order.  One loop body
+            # serves both factors, picked at run time: the tile code is linked
+            # into every kernel that calls it, so its size is compile time.
+            with cgutils.for_range(builder, factor_count, intp=intp) as which:
+                is_first = builder.icmp_signed("==", which.index, const(0))
+                a, a_at, a_row, a_col, b, b_at, ldb, k_len = (
+                    builder.select(is_first, one, two) for one, two in zip(*factors)
+                )
                 with cgutils.for_range(builder, k_len, intp=intp) as loop:
                     k = loop.index
                     a_k = add(a_at, builder.mul(k, a_col))
@@ -285,6 +313,8 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
                     b_k = add(b_at, builder.mul(k, ldb))
                     for v in range(V):
                         b_vector = load_vector(b, add(b_k, const(v * LANES)))
+                        if _PIN_VECTORS:
+                            b_vector = pin(b_vector)
                         for r in range(R):
                             total = builder.call(
                                 fma,
@@ -298,6 +328,7 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
                     pointer = vector_at(c_ptr, c_offset(r, v))
                     builder.store(builder.load(slots[r][v]), pointer, align=4)
 
+        builder.function.attributes.add("noinline")
         done = builder.append_basic_block("tile.done")
         shape = add(builder.mul(rows_, const(TILE_VECS + 1)), vecs_)
         switch = builder.switch(shape, done)
@@ -314,7 +345,11 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
     return signature, codegen
 
 
-@kernel
+@typed_kernel(
+    types.void(
+        _FLOAT_POINTER, *[types.int64] * 5, _FLOAT_POINTER, types.int64, FACTOR, FACTOR
+    )
+)
 def tiled_product(c, c_at, ldc, rows, width, start, s, s_at, first, second):
     """C (rows, width) = start + A1 B1 + A2 B2, tile by tile.
 
@@ -352,24 +387,115 @@ def tiled_product(c, c_at, ldc, rows, width, start, s, s_at, first, second):
 # padded layouts
 
 
+def _masked_move(store_masked):
+    """An intrinsic moving one vector from src[src_at] to dst[dst_at].
+
+    Only the first ``count`` lanes are read (``store_masked`` false, the rest of
+    the vector written as zeros) or written (``store_masked`` true, a whole
+    vector read).  Row copies of a few dozen floats are too short for LLVM's
+    vector loops, which run 64 floats at a time and leave the rest to a scalar
+    loop; these move a padded row in whole vectors.
+    """
+
+    def typer(typingctx, dst, dst_at, src, src_at, count):
+        if not (dst == _FLOAT_POINTER and src == _FLOAT_POINTER):
+            return None
+        signature = types.void(dst, dst_at, src, src_at, count)
+
+        def codegen(context, builder, signature, arguments):
+            dst_ptr, dst_at_, src_ptr, src_at_, count_ = arguments
+            intp = context.get_value_type(types.intp)
+            i32 = ir.IntType(32)
+            vector = ir.VectorType(ir.FloatType(), LANES)
+            mask_type = ir.VectorType(ir.IntType(1), LANES)
+            vector_pointer = vector.as_pointer()
+            at_types = signature.args[1], signature.args[3], signature.args[4]
+            dst_at_, src_at_, count_ = (
+                context.cast(builder, value, ty, types.intp)
+                for value, ty in zip((dst_at_, src_at_, count_), at_types)
+            )
+            lane = ir.Constant(ir.VectorType(intp, LANES), list(range(LANES)))
+            counts = builder.shuffle_vector(
+                builder.insert_element(
+                    ir.Constant(ir.VectorType(intp, LANES), ir.Undefined),
+                    count_,
+                    ir.Constant(i32, 0),
+                ),
+                ir.Constant(ir.VectorType(intp, LANES), ir.Undefined),
+                ir.Constant(ir.VectorType(i32, LANES), [0] * LANES),
+            )
+            mask = builder.icmp_signed("<", lane, counts)
+            source = builder.bitcast(builder.gep(src_ptr, [src_at_]), vector_pointer)
+            target = builder.bitcast(builder.gep(dst_ptr, [dst_at_]), vector_pointer)
+            align = ir.Constant(i32, 4)
+            if store_masked:
+                store = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(
+                        ir.VoidType(), [vector, vector_pointer, i32, mask_type]
+                    ),
+                    f"llvm.masked.store.v{LANES}f32.p0",
+                )
+                value = builder.load(source, align=4)
+                builder.call(store, [value, target, align, mask])
+            else:
+                load = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(vector, [vector_pointer, i32, mask_type, vector]),
+                    f"llvm.masked.load.v{LANES}f32.p0",
+                )
+                zeros = ir.Constant(vector, None)
+                value = builder.call(load, [source, align, mask, zeros])
+                builder.store(value, target, align=4)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return intrinsic(typer)
+
+
+_load_padded = _masked_move(store_masked=False)
+_store_first = _masked_move(store_masked=True)
+
+
 @kernel
 def pad_columns(dst, src, width):
-    """dst (rows * width,) = src (rows, cols) in rows of ``width``, zero past cols."""
+    """dst (rows * width,) = src (rows, cols) in rows of ``width``, zero past cols.
+
+    width is a multiple of LANES.
+    """
     rows, cols = src.shape
+    if cols > 1 and src.strides[1] != 4:
+        # A transposed source, read down its columns: no vectors to move.
+        for i in range(rows):
+            for j in range(cols):
+                dst[i * width + j] = src[i, j]
+            for j in range(cols, width):
+                dst[i * width + j] = 0
+        return
+    row = src.strides[0] // 4
+    p_dst = address(dst)
+    p_src = address(src)
     for i in range(rows):
-        for j in range(cols):
-            dst[i * width + j] = src[i, j]
-        for j in range(cols, width):
-            dst[i * width + j] = 0
+        for j in range(0, width, LANES):
+            count = min(max(cols - j, 0), LANES)
+            _load_padded(p_dst, i * width + j, p_src, i * row + j, count)
 
 
 @kernel
 def unpad_columns(dst, src, width):
-    """dst (rows, cols) = the first cols of each row of ``width`` in src (flat)."""
+    """dst (rows, cols) = the first cols of each row of ``width`` in src (flat).
+
+    dst's rows are contiguous; width is a multiple of LANES.
+    """
     rows, cols = dst.shape
+    row = dst.strides[0] // 4
+    p_dst = address(dst)
+    p_src = address(src)
     for i in range(rows):
-        for j in range(cols):
-            dst[i, j] = src[i * width + j]
+        for j in range(0, cols, LANES):
+            count = min(cols - j, LANES)
+            _store_first(p_dst, i * row + j, p_src, i * width + j, count)
 
 
 @kernel
