@@ -713,33 +713,17 @@ def rnn_dense_xent_train_step(
     count from the calling thread's setting, which cannot be changed inside a
     cached kernel, so this plain function sets it around the call.
     """
+    arguments = (
+        params, grads, state_1, state_2, scratch, part_grads, x_tm, y, bounds,
+        W, U, b, V, c, dW, dU, db, dV, dc, activation, optimizer, hyper,
+    )  # fmt: skip
     cores = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, cores)))
+    if threads >= cores:
+        # Each change of the setting costs about a microsecond.
+        return _rnn_dense_xent_train_step(*arguments)
+    numba.set_num_threads(max(1, threads))
     try:
-        return _rnn_dense_xent_train_step(
-            params,
-            grads,
-            state_1,
-            state_2,
-            scratch,
-            part_grads,
-            x_tm,
-            y,
-            bounds,
-            W,
-            U,
-            b,
-            V,
-            c,
-            dW,
-            dU,
-            db,
-            dV,
-            dc,
-            activation,
-            optimizer,
-            hyper,
-        )
+        return _rnn_dense_xent_train_step(*arguments)
     finally:
         numba.set_num_threads(cores)
 

@@ -76,8 +76,12 @@ LANES = 16 if "avx512f" in _FEATURES else 8
 TILE_ROWS = 6 if LANES == 16 else 2
 TILE_VECS = 4
 
-# The constraint that pins a vector to a register (see _tile) is x86's.
-_PIN_VECTORS = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+# The constraint that pins a vector to a register (see _tile) is x86's, and
+# needs a register as wide as the vector: without AVX, LLVM splits an 8-float
+# vector over two SSE registers and cannot pin it.
+_PIN_VECTORS = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and (
+    "avx512f" in _FEATURES if LANES == 16 else "avx" in _FEATURES
+)
 
 # llvm.fma is one instruction where the CPU has FMA but a libm call per lane
 # where it has not; llvm.fmuladd fuses exactly where fusing is fast, as a C
