@@ -16,6 +16,7 @@ import pytest
 from fastrnn import backends
 from fastrnn._warnings import FastRNNWarning
 from fastrnn.backends import numba_kernels as nk
+from fastrnn.backends.numba_tiles import compile_features
 
 # These tests choose their backends themselves (see tests/conftest.py).
 BACKEND_INDEPENDENT = True
@@ -627,6 +628,26 @@ def test_rnn_dense_predict(shape, activation, layout):
     ref, c, ref_finite, c_finite = predict_on_both(x, weights, activation)
     assert ref_finite and c_finite is True
     agree(c, ref)
+
+
+@needs_c
+@pytest.mark.skipif(
+    "fma" not in compile_features() or os.environ.get("FASTRNN_PORTABLE", "0") != "0",
+    reason="the C backend fuses multiply-adds only when built for a CPU with FMA",
+)
+@pytest.mark.parametrize("activation", [nk.LINEAR, nk.RELU], ids=["linear", "relu"])
+@pytest.mark.parametrize("shape", [(300, 28, 28, 50, 10), (7, 5, 3, 70, 4)], ids=str)
+def test_rnn_dense_predict_tiles_sum_in_the_c_backends_order(shape, activation):
+    # Both backends' tiles add each element's terms in one order, one fused
+    # multiply-add at a time; without tanh's rounding in between, the results
+    # are the same bits (H = 70 needs a tile of one vector beside those of four).
+    # This holds for a C backend built for this machine, as setup.py builds it.
+    B, T, D, H, K = shape
+    rng = np.random.default_rng(H)
+    weights = predict_weights(rng, D, H, K)
+    x = normal(rng, (B, T, D))
+    ref, c, _, _ = predict_on_both(x, weights, activation)
+    np.testing.assert_array_equal(c, ref)
 
 
 @needs_c
