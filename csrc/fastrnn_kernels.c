@@ -324,18 +324,71 @@ struct fr_factor {
     const float *b;
     ptrdiff_t ldb;
     int k_len;
+    /* Optional: bit masks of A's nonzero elements, which let a tile leave out
+     * every k whose A elements are zero in all the tile's rows.  With
+     * zeros_by_row, zeros[r] has bit k set if A (r, k) != 0 (k < 64); without,
+     * zeros[k] has bit r set if A (r, k) != 0 (r < 64).  NULL: no skipping. */
+    const uint64_t *zeros;
+    int zeros_by_row;
 };
 
 enum fr_tile_start { FR_FROM_ZERO, FR_FROM_ROW, FR_FROM_C };
 
+/* Which terms k of a factor a tile takes: all of them, the set bits of `bits`,
+ * or the `count` listed in `list`, always in increasing order.  A term is left
+ * out only when its A elements are zero in every row of the tile. */
+enum fr_terms_kind { FR_ALL_TERMS, FR_BIT_TERMS, FR_LISTED_TERMS };
+
+struct fr_terms {
+    int kind;
+    uint64_t bits;
+    const int *list;
+    int count;
+};
+
+/* Index of the lowest set bit of m, which is not 0. */
+static inline int lowest_bit(uint64_t m)
+{
+#if defined(__GNUC__)
+    return __builtin_ctzll(m);
+#else
+    int bit = 0;
+    while (!(m & 1)) {
+        m >>= 1;
+        bit++;
+    }
+    return bit;
+#endif
+}
+
+/* acc (R, V vectors) += A (0:R, k) B (k, 0:V vectors) */
+FR_INLINE void add_term(fr_vec acc[FR_TILE_ROWS][FR_TILE_VECS],
+                        const struct fr_factor *f, ptrdiff_t k, int R, int V)
+{
+    const float *a_k = f->a + k * f->col;
+    const float *b_k = f->b + k * f->ldb;
+    float a[FR_TILE_ROWS];
+
+    for (int r = 0; r < R; r++)
+        a[r] = a_k[r * f->row];
+    for (int v = 0; v < V; v++) {
+        fr_vec b = vec_load(b_k + v * FR_LANES);
+        vec_pin(b);
+        for (int r = 0; r < R; r++)
+            acc[r][v] = vec_fma(acc[r][v], a[r], b);
+    }
+}
+
 /*
  * C[0:R, 0:V vectors] = start + A1 B1 + A2 B2, where start is zero, the row
- * `start_row` in every row, or C itself.  R and V are constants wherever this
- * is inlined, so the accumulators live in registers.
+ * `start_row` in every row, or C itself, and A1 B1 runs over the terms that
+ * `terms1` selects.  R and V are constants wherever this is inlined, so the
+ * accumulators live in registers.  Each element sums start, then the terms of
+ * the first factor in order, then those of the second.
  */
 FR_INLINE void tile(float *C, ptrdiff_t ldc, int start, const float *start_row,
-                    const struct fr_factor *f1, const struct fr_factor *f2,
-                    int R, int V)
+                    const struct fr_factor *f1, const struct fr_terms *terms1,
+                    const struct fr_factor *f2, int R, int V)
 {
     fr_vec acc[FR_TILE_ROWS][FR_TILE_VECS];
 
@@ -344,23 +397,21 @@ FR_INLINE void tile(float *C, ptrdiff_t ldc, int start, const float *start_row,
             acc[r][v] = start == FR_FROM_C      ? vec_load(C + r * ldc + v * FR_LANES)
                         : start == FR_FROM_ROW ? vec_load(start_row + v * FR_LANES)
                                                : vec_zero();
-    for (int which = 0; which < 2; which++) {
-        const struct fr_factor *f = which == 0 ? f1 : f2;
-        if (f == NULL)
-            continue;
-        for (int k = 0; k < f->k_len; k++) {
-            const float *b_row = f->b + k * f->ldb;
-            float a[FR_TILE_ROWS];
-            for (int r = 0; r < R; r++)
-                a[r] = f->a[r * f->row + k * f->col];
-            for (int v = 0; v < V; v++) {
-                fr_vec b = vec_load(b_row + v * FR_LANES);
-                vec_pin(b);
-                for (int r = 0; r < R; r++)
-                    acc[r][v] = vec_fma(acc[r][v], a[r], b);
-            }
-        }
+    /* Three loops rather than one with a test inside: a dense loop keeps its
+     * addresses in simple increments. */
+    if (f1 != NULL && terms1->kind == FR_ALL_TERMS) {
+        for (int k = 0; k < f1->k_len; k++)
+            add_term(acc, f1, k, R, V);
+    } else if (f1 != NULL && terms1->kind == FR_BIT_TERMS) {
+        for (uint64_t bits = terms1->bits; bits != 0; bits &= bits - 1)
+            add_term(acc, f1, lowest_bit(bits), R, V);
+    } else if (f1 != NULL) {
+        for (int j = 0; j < terms1->count; j++)
+            add_term(acc, f1, terms1->list[j], R, V);
     }
+    if (f2 != NULL)
+        for (int k = 0; k < f2->k_len; k++)
+            add_term(acc, f2, k, R, V);
     for (int r = 0; r < R; r++)
         for (int v = 0; v < V; v++)
             vec_store(C + r * ldc + v * FR_LANES, acc[r][v]);
@@ -384,8 +435,38 @@ static struct fr_factor factor_vecs_from(const struct fr_factor *f, int vecs)
 
 #define FR_TILE_CASE(R, V)                                                      \
     case (R) * 8 + (V):                                                         \
-        tile(c, ldc, start, row, f1 ? &g1 : NULL, f2 ? &g2 : NULL, (R), (V));   \
+        tile(c, ldc, start, row, f1 ? &g1 : NULL, &terms, f2 ? &g2 : NULL, (R),  \
+             (V));                                                              \
         break
+
+/*
+ * The terms of f that rows first .. first + R - 1 of A need (see fr_factor's
+ * zeros).  A list goes to ks.
+ */
+static struct fr_terms needed_terms(int *ks, const struct fr_factor *f, int first,
+                                    int R)
+{
+    struct fr_terms terms = {FR_ALL_TERMS, 0, NULL, 0};
+
+    if (f == NULL || f->zeros == NULL)
+        return terms;
+    if (f->zeros_by_row) {
+        terms.kind = FR_BIT_TERMS;
+        for (int r = 0; r < R; r++)
+            terms.bits |= f->zeros[first + r];
+    } else {
+        const uint64_t rows = (R == 64 ? ~(uint64_t)0 : ((uint64_t)1 << R) - 1)
+                              << first;
+        terms.kind = FR_LISTED_TERMS;
+        terms.list = ks;
+        /* Written without a branch: which samples are zero is unpredictable. */
+        for (int k = 0; k < f->k_len; k++) {
+            ks[terms.count] = k;
+            terms.count += (f->zeros[k] & rows) != 0;
+        }
+    }
+    return terms;
+}
 
 /*
  * C (M, Hp), rows ldc apart, = start + A1 B1 + A2 B2 (f2 may be NULL), tile by
@@ -393,8 +474,9 @@ static struct fr_factor factor_vecs_from(const struct fr_factor *f, int vecs)
  */
 static void tiled_product(float *C, ptrdiff_t ldc, int M, int Hp, int start,
                           const float *start_row, const struct fr_factor *f1,
-                          const struct fr_factor *f2)
+                          const struct fr_factor *f2, int *ks)
 {
+    /* ks: room for f1->k_len ints when f1 has zero masks, else unused */
     const int vecs = Hp / FR_LANES;
 
     /* The rows are dealt out evenly, so that no tile is left with a row or
@@ -404,6 +486,15 @@ static void tiled_product(float *C, ptrdiff_t ldc, int M, int Hp, int start,
 
     for (int t = 0, i = 0; t < tiles; t++) {
         const int R = base + (t < extra);
+        const struct fr_terms terms = needed_terms(ks, f1, i, R);
+
+        /* A tile whose only factor is all zeros leaves C as it is. */
+        if (f2 == NULL && start == FR_FROM_C &&
+            ((terms.kind == FR_BIT_TERMS && terms.bits == 0) ||
+             (terms.kind == FR_LISTED_TERMS && terms.count == 0))) {
+            i += R;
+            continue;
+        }
         for (int v0 = 0; v0 < vecs; v0 += FR_TILE_VECS) {
             const int V = vecs - v0 < FR_TILE_VECS ? vecs - v0 : FR_TILE_VECS;
             float *c = C + i * ldc + v0 * FR_LANES;
@@ -527,16 +618,82 @@ static struct fr_packed_rnn pack_rnn(float **cursor, const float *W, const float
     return packed;
 }
 
+/* Inputs of at most this many features get zero masks (one bit per feature). */
+#define FR_MASK_FEATURES 64
+
+/*
+ * Read the inputs once: masks[t * n + i] gets bit d set where x_t (i, d) != 0,
+ * and the result is 1 if every value is finite.  x holds n samples of T steps
+ * of D features, samples sample_stride apart and steps step_stride apart.
+ * masks (T, n) may be NULL, and must be when D > FR_MASK_FEATURES.
+ *
+ * Sample by sample, so that a batch-major x is read in one forward sweep, which
+ * the hardware prefetcher follows best; predict relies on this pass to bring
+ * each chunk into cache.  A value is not finite when its exponent bits are all
+ * ones; testing the bits, unlike isfinite, vectorises.
+ */
+static int scan_inputs(uint64_t *masks, const float *x, ptrdiff_t sample_stride,
+                       ptrdiff_t step_stride, int n, int T, int D)
+{
+    uint32_t bad = 0;
+
+    for (int i = 0; i < n; i++) {
+        for (int t = 0; t < T; t++) {
+            const float *row = x + i * sample_stride + t * step_stride;
+            uint64_t nonzero = 0;
+            int d = 0;
+#if defined(__AVX512F__)
+            const __m512i exponent = _mm512_set1_epi32(0x7f800000);
+            for (; masks != NULL && d < D; d += 16) {
+                /* a masked load only for the last few features: on this
+                 * hardware it streams from memory at a fraction of the rate of
+                 * a plain load */
+                const __m512 v =
+                    D - d >= 16 ? _mm512_loadu_ps(row + d)
+                                : _mm512_maskz_loadu_ps((__mmask16)((1u << (D - d)) - 1),
+                                                        row + d);
+                const __m512i bits = _mm512_and_si512(_mm512_castps_si512(v), exponent);
+                nonzero |= (uint64_t)_mm512_cmp_ps_mask(v, _mm512_setzero_ps(),
+                                                        _CMP_NEQ_UQ)
+                           << d;
+                bad |= _mm512_cmpeq_epi32_mask(bits, exponent);
+            }
+#elif defined(__AVX2__)
+            const __m256i exponent = _mm256_set1_epi32(0x7f800000);
+            for (; masks != NULL && d + 8 <= D; d += 8) {
+                const __m256 v = _mm256_loadu_ps(row + d);
+                const __m256i bits = _mm256_and_si256(_mm256_castps_si256(v), exponent);
+                const __m256 zero = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ);
+                nonzero |= (uint64_t)(~_mm256_movemask_ps(zero) & 0xff) << d;
+                bad |= _mm256_movemask_epi8(_mm256_cmpeq_epi32(bits, exponent));
+            }
+#endif
+            for (; d < D; d++) {
+                uint32_t bits;
+                memcpy(&bits, &row[d], sizeof bits);
+                bad |= (bits & 0x7f800000u) == 0x7f800000u;
+                if (masks != NULL)
+                    nonzero |= (uint64_t)(row[d] != 0.0f) << d;
+            }
+            if (masks != NULL)
+                masks[(ptrdiff_t)t * n + i] = nonzero;
+        }
+    }
+    return !bad;
+}
+
 /*
  * hs[t] (n, Hp) = act(x_t W + h_{t-1} U + b) for t = 0 .. T - 1, h_{-1} = 0.
  * x_t (n, D) has rows sample_stride apart and lies step_stride after x_{t-1}.
+ * masks (T, n) from scan_inputs lets the input products skip features that
+ * are zero in all rows of a tile, or is NULL; ks has room for D ints.
  * With `keep_all` 0 only two states are kept, hs[t % 2]; otherwise hs holds
  * all T.  Returns the last state (zero if T is 0).
  */
 static float *tiled_rnn_forward(float *hs, const float *x, ptrdiff_t sample_stride,
-                                ptrdiff_t step_stride, const struct fr_packed_rnn *p,
-                                int n, int T, int D, int H, int activation,
-                                int keep_all)
+                                ptrdiff_t step_stride, const uint64_t *masks,
+                                int *ks, const struct fr_packed_rnn *p, int n,
+                                int T, int D, int H, int activation, int keep_all)
 {
     const int Hp = padded(H);
     const ptrdiff_t nHp = (ptrdiff_t)n * Hp;
@@ -545,13 +702,14 @@ static float *tiled_rnn_forward(float *hs, const float *x, ptrdiff_t sample_stri
     if (T == 0)
         memset(hs, 0, (size_t)nHp * sizeof(float));
     for (int t = 0; t < T; t++) {
-        const struct fr_factor input = {x + t * step_stride, sample_stride, 1, p->W,
-                                        Hp, D};
+        const struct fr_factor input = {
+            x + t * step_stride, sample_stride, 1, p->W, Hp, D,
+            masks != NULL ? masks + (ptrdiff_t)t * n : NULL, 1};
         const struct fr_factor recurrent = {h_prev, Hp, 1, p->U, Hp, H};
 
         h = hs + (keep_all ? t : t % 2) * nHp;
         tiled_product(h, Hp, n, Hp, FR_FROM_ROW, p->b, &input,
-                      t > 0 ? &recurrent : NULL);
+                      t > 0 ? &recurrent : NULL, ks);
         fr_activation_forward(h, h, nHp, activation);
         h_prev = h;
     }
@@ -907,19 +1065,22 @@ static int team_size(int tasks)
  * product of the recurrence is a tiled one on padded rows; the Dense layer's
  * few small products go to BLAS.
  */
-static void train_part(double *loss, int *correct, float *row, float *g,
-                       const float *x_tm, const float *y, const float *W,
-                       const float *U, const float *b, const float *V,
-                       const float *c, int first, int n, int T, int B, int D, int H,
-                       int K, int activation, fr_sgemm_fn sgemm)
+static int train_part(double *loss, int *correct, float *row, float *g,
+                      const float *x, ptrdiff_t sample_stride, ptrdiff_t step_stride,
+                      const float *y, const float *W, const float *U, const float *b,
+                      const float *V, const float *c, int first, int n, int T, int B,
+                      int D, int H, int K, int activation, fr_sgemm_fn sgemm)
 {
     /*
      * row  scratch, as fr_train_scratch_size lays it out
      * g    gradients of W (D, H), U (H, H), b (H,), V (H, K), c (K,), flattened
-     * x_tm (T, B, D), y (B, K)
+     * x (B, T, D) with sample_stride and step_stride elements between samples and
+     * between steps, features contiguous;  y (B, K)
+     *
+     * Returns 0, having computed nothing, if the part's inputs are not all finite.
      */
     const int Hp = padded(H);
-    const ptrdiff_t nHp = (ptrdiff_t)n * Hp, step_stride = (ptrdiff_t)B * D;
+    const ptrdiff_t nHp = (ptrdiff_t)n * Hp;
     float *cursor = align_floats(row);
     const struct fr_packed_rnn p = pack_rnn(&cursor, W, U, b, D, H, 1);
     float *hs = carve(&cursor, T * nHp);
@@ -931,18 +1092,28 @@ static void train_part(double *loss, int *correct, float *row, float *g,
     float *logits = carve(&cursor, (ptrdiff_t)n * K);
     float *probs = carve(&cursor, (ptrdiff_t)n * K);
     float *dlogits = carve(&cursor, (ptrdiff_t)n * K);
+    /* uint64_t and int fit in the float-aligned scratch: carve starts every
+     * buffer on a 64-byte boundary */
+    uint64_t *masks = D <= FR_MASK_FEATURES
+                          ? (uint64_t *)carve(&cursor, 2 * (ptrdiff_t)T * n)
+                          : NULL;
+    int *ks = (int *)carve(&cursor, n > D ? n : D);
     float *gW = g;
     float *gU = gW + (ptrdiff_t)D * H;
     float *gb = gU + (ptrdiff_t)H * H;
     float *gV = gb + H;
     float *gc = gV + (ptrdiff_t)H * K;
-    const float *x = x_tm + (ptrdiff_t)first * D;
     const float *y_part = y + (ptrdiff_t)first * K;
     const float share = (float)((double)n / B);
     const float *h_last;
 
+    x += first * sample_stride;
+    if (!scan_inputs(masks, x, sample_stride, step_stride, n, T, D))
+        return 0;
+
     /* forward */
-    h_last = tiled_rnn_forward(hs, x, D, step_stride, &p, n, T, D, H, activation, 1);
+    h_last = tiled_rnn_forward(hs, x, sample_stride, step_stride, masks, ks, &p, n,
+                               T, D, H, activation, 1);
     fill_rows(logits, c, n, K);
     gemm_rm(sgemm, 0, 0, n, K, H, h_last, Hp, V, K, 1.0f, logits, K);
 
@@ -969,17 +1140,19 @@ static void train_part(double *loss, int *correct, float *row, float *g,
     memset(db, 0, (size_t)Hp * sizeof(float));
     for (int t = T - 1; t >= 0; t--) {
         const float *h_prev = hs + (t - 1) * nHp;
-        const struct fr_factor x_T = {x + t * step_stride, 1, D, dz, Hp, n};
+        const struct fr_factor x_T = {
+            x + t * step_stride, 1, sample_stride, dz, Hp, n,
+            masks != NULL ? masks + (ptrdiff_t)t * n : NULL, 0};
         const struct fr_factor h_T = {h_prev, 1, Hp, dz, Hp, n};
         const struct fr_factor back = {dz, Hp, 1, p.U_T, Hp, H};
         float *swap;
 
         add_column_sums(db, dz, n, Hp);
-        tiled_product(dW, Hp, D, Hp, FR_FROM_C, NULL, &x_T, NULL);
+        tiled_product(dW, Hp, D, Hp, FR_FROM_C, NULL, &x_T, NULL, ks);
         if (t == 0)
             break;
-        tiled_product(dU, Hp, H, Hp, FR_FROM_C, NULL, &h_T, NULL);
-        tiled_product(dz_prev, Hp, n, Hp, FR_FROM_ZERO, NULL, &back, NULL);
+        tiled_product(dU, Hp, H, Hp, FR_FROM_C, NULL, &h_T, NULL, ks);
+        tiled_product(dz_prev, Hp, n, Hp, FR_FROM_ZERO, NULL, &back, NULL, ks);
         fr_activation_backward(dz_prev, dz_prev, h_prev, nHp, activation);
         swap = dz;
         dz = dz_prev;
@@ -988,6 +1161,7 @@ static void train_part(double *loss, int *correct, float *row, float *g,
     unpad_columns(gW, dW, Hp, D, H);
     unpad_columns(gU, dU, Hp, H, H);
     unpad_columns(gb, db, Hp, 1, H);
+    return 1;
 }
 
 ptrdiff_t fr_train_scratch_size(int T, int rows, int D, int H, int K)
@@ -997,13 +1171,16 @@ ptrdiff_t fr_train_scratch_size(int T, int rows, int D, int H, int K)
     const ptrdiff_t n = rows, Hp = padded(H);
     return FR_ALIGN_FLOATS + packed_rnn_size(D, H) + aligned_size(T * n * Hp) +
            2 * aligned_size(n * Hp) + aligned_size(D * Hp) + aligned_size(H * Hp) +
-           aligned_size(Hp) + 3 * aligned_size(n * K);
+           aligned_size(Hp) + 3 * aligned_size(n * K) +
+           (D <= FR_MASK_FEATURES ? aligned_size(2 * T * n) : 0) +
+           aligned_size(n > D ? n : D);
 }
 
 double fr_rnn_dense_xent_train_step(
-    int *correct, float *params, float *grads, float *state_1, float *state_2,
-    float *scratch, float *part_grads, double *part_loss, int *part_correct,
-    const float *x_tm, const float *y, const int64_t *bounds, const float *W,
+    int *correct, int *inputs_finite, float *params, float *grads, float *state_1,
+    float *state_2, float *scratch, float *part_grads, double *part_loss,
+    int *part_correct, const float *x, ptrdiff_t sample_stride,
+    ptrdiff_t step_stride, const float *y, const int64_t *bounds, const float *W,
     const float *U, const float *b, const float *V, const float *c, float *dW,
     float *dU, float *db, float *dV, float *dc, ptrdiff_t P, ptrdiff_t scratch_row,
     int parts, int T, int B, int D, int H, int K, int activation, int optimizer,
@@ -1011,6 +1188,8 @@ double fr_rnn_dense_xent_train_step(
 {
     /*
      * correct             out: rows predicted right
+     * inputs_finite       out: 0 if x holds a value that is not finite, which
+     *                     leaves params, grads and the optimizer state untouched
      * params, grads (P,)  flat weights and gradients; W (D, H), U (H, H), b (H,),
      *                     V (H, K), c (K,) are views of params, dW, dU, db, dV,
      *                     dc of grads (or of other memory for an absent bias)
@@ -1020,7 +1199,9 @@ double fr_rnn_dense_xent_train_step(
      * part_grads (parts, G)  each part's gradients of W, U, b, V, c, flattened
      *                     in that order, G = D H + H H + H + H K + K
      * part_loss, part_correct (parts,)  scratch
-     * x_tm (T, B, D), y (B, K)  inputs, targets
+     * x (B, T, D)         inputs: sample_stride and step_stride elements between
+     *                     samples and between steps, features contiguous
+     * y (B, K)            targets
      * bounds (parts + 1,) part s holds batch rows bounds[s] to bounds[s + 1]
      * hyper  Adam (alpha_t, beta_1, beta_2, epsilon), SGD (learning_rate,
      *        momentum, nesterov), RMSprop (learning_rate, rho, epsilon)
@@ -1031,6 +1212,7 @@ double fr_rnn_dense_xent_train_step(
     const ptrdiff_t G = (ptrdiff_t)D * H + (ptrdiff_t)H * H + H + (ptrdiff_t)H * K + K;
     double loss = 0.0;
     float *total = part_grads;
+    int finite = 1;
 
     /* The caller chooses the thread count (1 runs the parts one after the
      * other, with the same arithmetic), capped by the parts and the cores. */
@@ -1039,17 +1221,23 @@ double fr_rnn_dense_xent_train_step(
 
     /* Each part runs on its own thread, with BLAS on one thread inside it: the
      * products of a few dozen rows are too small for BLAS to split well. */
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) \
+    reduction(&& : finite)
     for (int part = 0; part < parts; part++) {
         const int first = (int)bounds[part];
         const int n = (int)(bounds[part + 1] - bounds[part]);
-        train_part(&part_loss[part], &part_correct[part],
-                   scratch + part * scratch_row, part_grads + part * G, x_tm, y, W,
-                   U, b, V, c, first, n, T, B, D, H, K, activation, sgemm);
+        finite = train_part(&part_loss[part], &part_correct[part],
+                            scratch + part * scratch_row, part_grads + part * G, x,
+                            sample_stride, step_stride, y, W, U, b, V, c, first, n, T,
+                            B, D, H, K, activation, sgemm) &&
+                 finite;
     }
 
     /* Summed in part order, so that the result does not depend on the threads. */
     *correct = 0;
+    *inputs_finite = finite;
+    if (!finite)
+        return NAN;
     for (int part = 0; part < parts; part++) {
         loss += part_loss[part];
         *correct += part_correct[part];
@@ -1084,39 +1272,16 @@ double fr_rnn_dense_xent_train_step(
  * inference of SimpleRNN -> Dense on many samples
  */
 
-/* 1 if the n samples of T rows of D values at x are all finite; samples lie
- * sample_stride apart and their rows step_stride apart. */
-static int samples_finite(const float *x, ptrdiff_t sample_stride,
-                          ptrdiff_t step_stride, int n, int T, int D)
-{
-    uint32_t bad = 0;
-
-    /* An exponent of all ones is an inf or a NaN; testing the bits, unlike
-     * isfinite, lets the loop vectorise.  Sample by sample, so that a
-     * batch-major x is read in one forward sweep, which is what the hardware
-     * prefetcher follows best: this pass is what brings x into cache. */
-    for (int i = 0; i < n; i++) {
-        for (int t = 0; t < T; t++) {
-            const float *row = x + i * sample_stride + t * step_stride;
-            for (int d = 0; d < D; d++) {
-                uint32_t bits;
-                memcpy(&bits, &row[d], sizeof bits);
-                bad |= (bits & 0x7f800000u) == 0x7f800000u;
-            }
-        }
-    }
-    return !bad;
-}
-
 /* logits of n samples; returns 1 if their inputs are all finite. */
-static int predict_chunk(float *logits, float *h, const float *x,
-                         const struct fr_packed_rnn *p, const float *V,
-                         const float *c, ptrdiff_t sample_stride,
+static int predict_chunk(float *logits, float *h, uint64_t *masks, int *ks,
+                         const float *x, const struct fr_packed_rnn *p,
+                         const float *V, const float *c, ptrdiff_t sample_stride,
                          ptrdiff_t step_stride, int n, int T, int D, int H, int K,
                          int activation, fr_sgemm_fn sgemm)
 {
     /*
-     * logits (n, K) out;  h (2, n, Hp) scratch
+     * logits (n, K) out;  h (2, n, Hp), masks (T, n) (NULL if D is over
+     * FR_MASK_FEATURES), ks (D,) scratch
      * x (n, T, D) with sample_stride and step_stride elements between samples and
      * between steps, features contiguous
      */
@@ -1125,9 +1290,9 @@ static int predict_chunk(float *logits, float *h, const float *x,
 
     /* Only two hidden states are kept, so memory does not grow with T; each
      * step's input rows are read where they lie, without a transposed copy. */
-    finite = samples_finite(x, sample_stride, step_stride, n, T, D);
-    h_last = tiled_rnn_forward(h, x, sample_stride, step_stride, p, n, T, D, H,
-                               activation, 0);
+    finite = scan_inputs(masks, x, sample_stride, step_stride, n, T, D);
+    h_last = tiled_rnn_forward(h, x, sample_stride, step_stride, masks, ks, p, n, T,
+                               D, H, activation, 0);
     fill_rows(logits, c, n, K);
     gemm_rm(sgemm, 0, 0, n, K, H, h_last, padded(H), V, K, 1.0f, logits, K);
     return finite;
@@ -1153,6 +1318,10 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
     const int chunks = B > 0 ? (B - 1) / chunk + 1 : 0;
     const int threads = team_size(chunks);
     const ptrdiff_t states = 2 * aligned_size((ptrdiff_t)chunk * padded(H));
+    /* per thread, after the states: the chunk's zero masks (2 floats each) and
+     * the term list of a tile */
+    const ptrdiff_t mask_floats =
+        D <= FR_MASK_FEATURES ? aligned_size(2 * (ptrdiff_t)T * chunk) : 0;
     float *shared = malloc((size_t)(FR_ALIGN_FLOATS + packed_rnn_size(D, H)) *
                            sizeof(float));
     struct fr_packed_rnn packed;
@@ -1167,8 +1336,11 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
     reduction(&& : finite) reduction(|| : failed)
     {
         /* one pair of hidden states per thread */
-        float *mine = malloc((size_t)(FR_ALIGN_FLOATS + states) * sizeof(float));
+        float *mine = malloc((size_t)(FR_ALIGN_FLOATS + states + mask_floats + D) *
+                             sizeof(float));
         float *h = mine == NULL ? NULL : align_floats(mine);
+        uint64_t *masks = h != NULL && mask_floats ? (uint64_t *)(h + states) : NULL;
+        int *ks = h != NULL ? (int *)(h + states + mask_floats) : NULL;
 
         failed = h == NULL;
 #pragma omp for schedule(dynamic)
@@ -1178,7 +1350,7 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
 
             if (h == NULL)
                 continue;
-            finite = predict_chunk(logits + (ptrdiff_t)start * K, h,
+            finite = predict_chunk(logits + (ptrdiff_t)start * K, h, masks, ks,
                                    x + start * sample_stride, &packed, V, c,
                                    sample_stride, step_stride, n, T, D, H, K,
                                    activation, sgemm) &&

@@ -686,9 +686,7 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x = self._check_x(x)
         y = self._check_y(y, x)
-        loss, accuracy, _ = self._train_converted(
-            self._convert_x(x), self._convert_y(y, x.shape[0])
-        )
+        loss, accuracy, _ = self._train_batch(x, self._convert_y(y, x.shape[0]))
         return self._results(loss, accuracy, return_dict)
 
     def _fused_layers(self):
@@ -736,8 +734,21 @@ class Sequential:
             self._thread_chooser = None
         return cached
 
-    def _train_fused(self, rnn, dense, inputs, targets):
-        T, B, D = inputs.shape
+    def _fused_input(self, x):
+        """x (B, T, D) as the fused train step reads it: float32, C order.
+
+        Such an x is used where it lies; any other is converted into a buffer.
+        Its values are checked inside the kernel.
+        """
+        if x.dtype == np.float32 and x.flags.c_contiguous:
+            return x
+        out = self._buffers.get("fused x", x.shape)
+        convert.sequence_to_float32(out, x)
+        return out
+
+    def _train_fused(self, rnn, dense, x, targets):
+        inputs = self._fused_input(x)
+        B, T, D = inputs.shape
         H, K = rnn.units, dense.units
         scratch, part_grads, bounds = self._fused_buffers(T, B, D, H, K)
         optimizer = self.optimizer
@@ -753,30 +764,36 @@ class Sequential:
             self._thread_chooser = _ThreadChooser(min(cores, len(bounds) - 1))
         threads = self._thread_chooser.choose()
         started = time.perf_counter()
-        loss, correct = kernels().rnn_dense_xent_train_step(
+        loss, correct, inputs_finite = kernels().rnn_dense_xent_train_step(
             self._params, self._grads, state_1, state_2, scratch, part_grads,
             inputs, targets, bounds,
             W, U, b, V, c, dW, dU, db, dV, dc,
             rnn.activation_code, code, hyper, threads,
         )  # fmt: skip
         self._thread_chooser.record(threads, time.perf_counter() - started)
+        if not inputs_finite:
+            _reject_non_finite(x, "x")
+            raise ValueError("x contains NaN or infinite values")
         accuracy = correct / B if self._accuracy_name is not None else None
         return loss, accuracy
 
-    def _train_converted(self, inputs, targets):
-        """One step on converted arrays: returns (loss, accuracy, updated).
+    def _train_batch(self, x, targets):
+        """One step on a checked batch x and converted targets.
 
-        The step is undone, with a warning, if the loss is not finite or if the
-        update leaves a weight that is not (an overflow); the weights then keep
-        their last finite values and ``updated`` is False.
+        Returns (loss, accuracy, updated).  The step is undone, with a warning,
+        if the loss is not finite or if the update leaves a weight that is not
+        (an overflow); the weights then keep their last finite values and
+        ``updated`` is False.
         """
         optimizer = self.optimizer
-        optimizer.checkpoint(self._params)
         fused = self._fused_layers()
+        optimizer.checkpoint(self._params)
         if fused is not None:
-            loss, accuracy = self._train_fused(*fused, inputs, targets)
+            loss, accuracy = self._train_fused(*fused, x, targets)
         else:
-            loss, accuracy, _ = self._loss_on_batch(inputs, targets, need_gradient=True)
+            loss, accuracy, _ = self._loss_on_batch(
+                self._convert_x(x), targets, need_gradient=True
+            )
             if math.isfinite(loss):
                 if optimizer.clipnorm is not None or optimizer.clipvalue is not None:
                     gradients = [g for layer in self.layers for g in layer.gradients]
@@ -1010,8 +1027,8 @@ class Sequential:
                         index = np.sort(order[index])
                     callback_list.on_train_batch_begin(step)
                     xb, yb = x[index], y[index]
-                    loss, accuracy, updated = self._train_converted(
-                        self._convert_x(xb), self._convert_y(yb, xb.shape[0])
+                    loss, accuracy, updated = self._train_batch(
+                        xb, self._convert_y(yb, xb.shape[0])
                     )
                     size = xb.shape[0]
                     if not updated:

@@ -462,9 +462,12 @@ def train_step_arguments(shape, bounds, activation, optimizer, poison=False, thr
     for view, value in zip(weights, (W, U, b, normal(rng, (H, K)), normal(rng, K))):
         view[...] = value
     gradients = [grads[a:z].reshape(s) for a, z, s in zip(offsets, offsets[1:], layout)]
-    x_tm = normal(rng, (T, B, D))
-    if poison:
-        x_tm[0, 0, 0] = np.nan
+    x = normal(rng, (B, T, D))
+    if poison == "x":
+        x[B - 1, T - 1, D - 1] = np.inf
+    elif poison == "loss":
+        # finite inputs, but a weight that makes the loss NaN
+        weights[3][0, 0] = np.inf
     code, values = OPTIMIZER_CASES[optimizer]
     hyper = np.zeros(4)
     hyper[: len(values)] = values
@@ -475,7 +478,7 @@ def train_step_arguments(shape, bounds, activation, optimizer, poison=False, thr
     return (
         params, grads, np.zeros(params.size, np.float32),
         np.zeros(params.size, np.float32), scratch, nans((parts, offsets[-1])),
-        x_tm, targets_for(rng, B, K, "onehot"), bounds,
+        x, targets_for(rng, B, K, "onehot"), bounds,
         *weights, *gradients, activation, code, hyper, threads,
     )  # fmt: skip
 
@@ -487,8 +490,9 @@ def train_step_arguments(shape, bounds, activation, optimizer, poison=False, thr
 def test_rnn_dense_xent_train_step(shape, bounds, activation, optimizer):
     ref = train_step_arguments(shape, bounds, activation, optimizer)
     c = train_step_arguments(shape, bounds, activation, optimizer)
-    ref_loss, ref_correct = nk.rnn_dense_xent_train_step(*ref)
-    c_loss, c_correct = ck.rnn_dense_xent_train_step(*c)
+    ref_loss, ref_correct, ref_finite = nk.rnn_dense_xent_train_step(*ref)
+    c_loss, c_correct, c_finite = ck.rnn_dense_xent_train_step(*c)
+    assert ref_finite and c_finite
     assert np.isfinite(ref_loss)
     assert type(c_loss) is float
     assert c_loss == pytest.approx(ref_loss, rel=TOL, abs=TOL)
@@ -501,8 +505,8 @@ def test_rnn_dense_xent_train_step(shape, bounds, activation, optimizer):
     # normalisation magnifies where a gradient is near 0: only the loss is held
     # to the tolerance of one call.
     for _ in range(2):
-        ref_loss, _ = nk.rnn_dense_xent_train_step(*ref)
-        c_loss, _ = ck.rnn_dense_xent_train_step(*c)
+        ref_loss = nk.rnn_dense_xent_train_step(*ref)[0]
+        c_loss = ck.rnn_dense_xent_train_step(*c)[0]
         assert c_loss == pytest.approx(ref_loss, rel=TOL, abs=TOL)
 
 
@@ -511,8 +515,8 @@ def test_rnn_dense_xent_train_step_does_not_depend_on_the_split():
     # The parts' weighted gradients sum to those of the whole batch.
     whole = train_step_arguments((7, 4, 3, 5, 3), [0, 7], nk.TANH, "sgd")
     split = train_step_arguments((7, 4, 3, 5, 3), [0, 3, 7], nk.TANH, "sgd")
-    whole_loss, whole_correct = ck.rnn_dense_xent_train_step(*whole)
-    split_loss, split_correct = ck.rnn_dense_xent_train_step(*split)
+    whole_loss, whole_correct, _ = ck.rnn_dense_xent_train_step(*whole)
+    split_loss, split_correct, _ = ck.rnn_dense_xent_train_step(*split)
     assert split_loss == pytest.approx(whole_loss, rel=TOL, abs=TOL)
     assert split_correct == whole_correct
     agree(split[1], whole[1])
@@ -529,19 +533,28 @@ def test_rnn_dense_xent_train_step_gives_the_same_bits_on_any_thread_count(modul
         arguments = train_step_arguments(
             (50, 6, 5, 7, 4), [0, 25, 50], nk.TANH, "adam", threads=threads
         )
-        loss, correct = kernels.rnn_dense_xent_train_step(*arguments)
+        loss, correct, _ = kernels.rnn_dense_xent_train_step(*arguments)
         runs.append((loss, correct, arguments[0].copy()))
     for loss, correct, params in runs[1:]:
         assert (loss, correct) == runs[0][:2]
         np.testing.assert_array_equal(params, runs[0][2])
 
 
-@needs_c
-def test_rnn_dense_xent_train_step_skips_the_update_on_a_non_finite_loss():
-    c = train_step_arguments((3, 4, 2, 5, 3), [0, 1, 3], nk.TANH, "adam", poison=True)
+@pytest.mark.parametrize("module", ["numba", "cython"])
+@pytest.mark.parametrize("poison", ["loss", "x"])
+def test_rnn_dense_xent_train_step_skips_the_update_on_non_finite_values(
+    module, poison
+):
+    # An infinite input is reported and nothing is computed; with finite inputs
+    # a loss that is not finite skips the update.
+    if module == "cython" and ck is None:
+        pytest.skip("the C backend is not built")
+    kernels = nk if module == "numba" else ck
+    c = train_step_arguments((3, 4, 2, 5, 3), [0, 1, 3], nk.RELU, "adam", poison=poison)
     params = c[0].copy()
-    loss, _ = ck.rnn_dense_xent_train_step(*c)
-    assert np.isnan(loss)
+    loss, _, inputs_finite = kernels.rnn_dense_xent_train_step(*c)
+    assert inputs_finite == (poison == "loss")
+    assert not np.isfinite(loss)
     np.testing.assert_array_equal(c[0], params)
     assert np.isnan(c[1]).all()
     np.testing.assert_array_equal(c[2], 0.0)

@@ -354,7 +354,7 @@ def rnn_dense_xent_train_step(
     float[::1] state_2,
     float[:, ::1] scratch,
     float[:, ::1] part_grads,
-    const float[:, :, ::1] x_tm,
+    const float[:, :, ::1] x,
     const float[:, ::1] y,
     const int64_t[::1] bounds,
     const float[:, ::1] W,
@@ -378,26 +378,27 @@ def rnn_dense_xent_train_step(
     flat params (P,), dW, dU, db, dV, dc of grads (P,) (or of other memory for
     an absent bias); state_1, state_2 (P,) the optimizer state; scratch (S, at
     least ``train_scratch_size(T, largest part, D, H, K)``) and part_grads
-    (S, D H + H H + H + H K + K) one row per part; x_tm (T, B, D); y (B, K);
-    bounds (S + 1,) int64, part s holding batch rows bounds[s] to bounds[s + 1].
-    hyper (float64) holds the optimizer's hyperparameters, see
-    ``optimizer_update`` of the Numba twin.  The parts run on up to ``threads``
-    OpenMP threads; the result does not depend on how many.
+    (S, D H + H H + H + H K + K) one row per part; x (B, T, D), batch-major,
+    read in place; y (B, K); bounds (S + 1,) int64, part s holding batch rows
+    bounds[s] to bounds[s + 1].  hyper (float64) holds the optimizer's
+    hyperparameters, see ``optimizer_update`` of the Numba twin.  The parts run
+    on up to ``threads`` OpenMP threads; the result does not depend on how many.
 
-    Returns (mean loss, number of correct rows).  A loss that is not finite
-    leaves params and the optimizer state untouched.
+    Returns (mean loss, number of correct rows, inputs finite).  If x holds a
+    value that is not finite, or the loss is not finite, params and the
+    optimizer state are left untouched.
     """
-    cdef int T = _dim(x_tm.shape[0]), B = _dim(x_tm.shape[1])
-    cdef int D = _dim(x_tm.shape[2]), H = _dim(W.shape[1]), K = _dim(V.shape[1])
+    cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1])
+    cdef int D = _dim(x.shape[2]), H = _dim(W.shape[1]), K = _dim(V.shape[1])
     cdef int parts = _dim(bounds.shape[0] - 1) if bounds.shape[0] > 0 else 0
     cdef Py_ssize_t P = params.shape[0]
     cdef Py_ssize_t G = D * H + H * H + H + H * K + K
     cdef Py_ssize_t rows = 0
-    cdef int correct, part
+    cdef int correct, inputs_finite, part
     cdef double loss
     cdef double *part_loss
     cdef int *part_correct
-    _dim(x_tm.shape[0] * x_tm.shape[1])
+    _dim(x.shape[0] * x.shape[1])
     # Parts must lie inside the batch, in order: C trusts them as row offsets.
     cdef bint ordered = parts >= 1 and bounds[0] >= 0 and bounds[parts] <= B
     for part in range(parts):
@@ -420,7 +421,7 @@ def rnn_dense_xent_train_step(
         raise _mismatch(
             "rnn_dense_xent_train_step", params=params, grads=grads,
             state_1=state_1, state_2=state_2, scratch=scratch, part_grads=part_grads,
-            x_tm=x_tm, y=y, bounds=bounds, W=W, U=U, b=b, V=V, c=c, dW=dW, dU=dU,
+            x=x, y=y, bounds=bounds, W=W, U=U, b=b, V=V, c=c, dW=dW, dU=dU,
             db=db, dV=dV, dc=dc, hyper=hyper,
         )
     part_loss = <double *>PyMem_Malloc(parts * sizeof(double))
@@ -430,9 +431,9 @@ def rnn_dense_xent_train_step(
             raise MemoryError()
         with nogil:
             loss = fr_rnn_dense_xent_train_step(
-                &correct, &params[0], &grads[0], &state_1[0], &state_2[0],
-                &scratch[0, 0], &part_grads[0, 0], part_loss, part_correct,
-                &x_tm[0, 0, 0], &y[0, 0], &bounds[0], &W[0, 0], &U[0, 0], &b[0],
+                &correct, &inputs_finite, &params[0], &grads[0], &state_1[0],
+                &state_2[0], &scratch[0, 0], &part_grads[0, 0], part_loss,
+                part_correct, &x[0, 0, 0], T * D, D, &y[0, 0], &bounds[0], &W[0, 0], &U[0, 0], &b[0],
                 &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0], &db[0], &dV[0, 0], &dc[0],
                 P, scratch.shape[1], parts, T, B, D, H, K, activation, optimizer,
                 &hyper[0], threads, _sgemm,
@@ -440,7 +441,7 @@ def rnn_dense_xent_train_step(
     finally:
         PyMem_Free(part_loss)
         PyMem_Free(part_correct)
-    return loss, correct
+    return loss, correct, bool(inputs_finite)
 
 
 # --------------------------------------------------------------------------

@@ -430,7 +430,7 @@ def _rnn_dense_xent_train_step(
     state_2,
     scratch,
     part_grads,
-    x_tm,
+    x,
     y,
     bounds,
     W,
@@ -460,19 +460,22 @@ def _rnn_dense_xent_train_step(
     scratch (S, train_scratch_size(T, largest part, D, H, K))  one row per part
     part_grads (S, G)   each part's gradients of W, U, b, V, c, flattened in
                         that order (G = D H + H H + H + H K + K)
-    x_tm (T, B, D)      input, time-major;  y (B, K) target distributions
+    x (B, T, D)         input, batch-major, read in place
+    y (B, K)            target distributions
     bounds (S + 1,)     part s holds batch rows bounds[s] to bounds[s + 1]
     The parts run on as many threads as ``numba.set_num_threads`` allows.
 
-    Returns (mean loss, number of correct rows).  A loss that is not finite
-    leaves params and the optimizer state untouched.
+    Returns (mean loss, number of correct rows, inputs finite).  If x holds a
+    value that is not finite, or the loss is not finite, params and the
+    optimizer state are left untouched.
     """
-    T, B, D = x_tm.shape
+    B, T, D = x.shape
     H = W.shape[1]
     K = V.shape[1]
     parts = bounds.shape[0] - 1
     part_loss = np.zeros(parts)
     part_correct = np.zeros(parts, dtype=np.int64)
+    part_finite = np.ones(parts, dtype=np.bool_)
     for part in prange(parts):
         first = bounds[part]
         n = bounds[part + 1] - first
@@ -507,32 +510,43 @@ def _rnn_dense_xent_train_step(
         at += H * K
         gc = g[at : at + K]
         y_part = y[first : first + n]
-        for t in range(T):
-            x_part[t] = x_tm[t, first : first + n]
-
-        # forward
-        rnn_forward(hs, work, x_part, W, U, b, activation)
-        dense_forward(logits, hs[T - 1], V, c)
-
-        # loss, fused with the softmax; the part's mean is weighted by its share
-        part_loss[part] = softmax_xent_forward(probs, logits, y_part) * n
-        part_correct[part] = count_correct(probs, y_part)
-        softmax_xent_backward(dlogits, probs, y_part)
-        share = np.float32(n / B)
+        # The part's rows, time-major, checked as they are copied: a part with
+        # an input that is not finite computes nothing.
+        finite = True
         for i in range(n):
-            for k in range(K):
-                dlogits[i, k] *= share
+            for t in range(T):
+                for d in range(D):
+                    value = x[first + i, t, d]
+                    finite &= np.isfinite(value)
+                    x_part[t, i, d] = value
+        part_finite[part] = finite
+        if finite:
+            # forward
+            rnn_forward(hs, work, x_part, W, U, b, activation)
+            dense_forward(logits, hs[T - 1], V, c)
 
-        # backward
-        dense_backward(gV, gc, dh_last[0], dlogits, hs[T - 1], V)
-        rnn_backward(
-            gW, gU, gb, x_part[:0], dz, work, dh_last, hs, x_part, W, U, activation
-        )
+            # loss, fused with the softmax; the part's mean is weighted by its
+            # share
+            part_loss[part] = softmax_xent_forward(probs, logits, y_part) * n
+            part_correct[part] = count_correct(probs, y_part)
+            softmax_xent_backward(dlogits, probs, y_part)
+            share = np.float32(n / B)
+            for i in range(n):
+                for k in range(K):
+                    dlogits[i, k] *= share
 
+            # backward
+            dense_backward(gV, gc, dh_last[0], dlogits, hs[T - 1], V)
+            rnn_backward(
+                gW, gU, gb, x_part[:0], dz, work, dh_last, hs, x_part, W, U, activation
+            )
+
+    if not part_finite.all():
+        return np.nan, 0, False
     loss = part_loss.sum() / B
     correct = part_correct.sum()
     if not np.isfinite(loss):
-        return loss, correct
+        return loss, correct, True
 
     # The gradient of the batch mean is the sum of the parts' weighted gradients;
     # it goes to the views of grads (or to scratch for a bias the model lacks).
@@ -551,7 +565,7 @@ def _rnn_dense_xent_train_step(
 
     # update
     optimizer_update(params, grads, state_1, state_2, optimizer, hyper)
-    return loss, correct
+    return loss, correct, True
 
 
 def rnn_dense_xent_train_step(
@@ -561,7 +575,7 @@ def rnn_dense_xent_train_step(
     state_2,
     scratch,
     part_grads,
-    x_tm,
+    x,
     y,
     bounds,
     W,
@@ -596,7 +610,7 @@ def rnn_dense_xent_train_step(
             state_2,
             scratch,
             part_grads,
-            x_tm,
+            x,
             y,
             bounds,
             W,
