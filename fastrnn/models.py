@@ -37,49 +37,83 @@ _MIN_ROWS_PER_PART = 16
 class _ThreadChooser:
     """Runs the parts of the fused train step on one core or on all, by timing.
 
-    On an idle two-core machine two threads make a MNIST-sized step about 1.5
-    times faster; when another process holds a core, the thread that waits for
-    it makes the step many times slower.  So both ways are timed as training
-    goes: each is tried a few times, the faster of the recent medians is used,
-    and the other is tried again every ``REPROBE`` steps.  Both give the same
-    numbers, so the choice only affects speed.
+    On an idle two-core machine two threads make a MNIST-sized step about twice
+    as fast; when another process holds a core, the thread that waits for it
+    makes the step many times slower.  So both ways are timed as training goes:
+    the way in use is timed on every step, and now and then the other way is
+    tried for a short burst of steps.  The first step of a burst is not timed,
+    since it pays for waking threads that have gone to sleep.  A burst that
+    loses makes the next one come later (a busy machine stays busy), one that
+    wins is kept.  Both ways give the same numbers, so the choice only affects
+    speed.
     """
 
-    SAMPLES = 9
-    REPROBE = 200
+    SAMPLES = 7
+    BURST = 4
+    FIRST_PROBE = 64
+    MAX_INTERVAL = 4096
 
     def __init__(self, cores):
         self.options = (1, cores) if cores > 1 else (1,)
         self.times = {threads: [] for threads in self.options}
-        self.medians = {}
-        self.steps = 0
-        # Set by record once every option has been timed three times.  choose
-        # runs on every step, so the medians are compared when a time changes,
-        # not when it is read.
-        self._fastest = self._slowest = None
+        self.current = self.options[-1]
+        self.interval = self.FIRST_PROBE
+        # The first burst follows a warm-up step and a burst's worth of timed
+        # steps of the first option.
+        self.countdown = self.BURST + 1
+        # Steps left in a burst of the other option, and whether this step's
+        # time counts.
+        self.burst = 0
+        self._timed = True
+        # Each option's first step is a warm-up too (threads start, caches fill).
+        self._warm = set()
 
     def choose(self):
-        self.steps += 1
-        if self._fastest is None:
-            for threads in self.options:
-                if len(self.times[threads]) < 3:
-                    return threads
-        if self.steps % self.REPROBE == 0:
-            return self._slowest
-        return self._fastest
+        """Threads for the next step."""
+        if self.burst == 0 and len(self.options) > 1:
+            self.countdown -= 1
+            if self.countdown <= 0:
+                self.burst = self.BURST
+                self.times[self._other()] = []
+        if self.burst > 0:
+            self.burst -= 1
+            threads = self._other()
+            self._timed = self.burst < self.BURST - 1
+        else:
+            threads = self.current
+            self._timed = threads in self._warm
+        self._warm.add(threads)
+        return threads
 
     def record(self, threads, seconds):
+        """Time of the step run on ``threads`` (as ``choose`` returned)."""
+        if not self._timed:
+            return
         times = self.times[threads]
         times.append(seconds)
         if len(times) > self.SAMPLES:
             del times[0]
-        self.medians[threads] = sorted(times)[len(times) // 2]
-        if self._fastest is not None or all(
-            len(self.times[option]) >= 3 for option in self.options
+        if threads != self.current and self.burst == 0:
+            self._end_burst()
+
+    def _other(self):
+        return self.options[0] if self.current != self.options[0] else self.options[-1]
+
+    def _end_burst(self):
+        other = self._other()
+        if not self.times[self.current] or _median(self.times[other]) < _median(
+            self.times[self.current]
         ):
-            # On ties both pick the first option, one thread.
-            self._fastest = min(self.options, key=self.medians.__getitem__)
-            self._slowest = max(self.options, key=self.medians.__getitem__)
+            self.current = other
+            self.interval = self.FIRST_PROBE
+        else:
+            self.interval = min(2 * self.interval, self.MAX_INTERVAL)
+        self.countdown = self.interval
+
+
+def _median(values):
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 _ACCURACY_NAMES = (
