@@ -1298,6 +1298,79 @@ static int predict_chunk(float *logits, float *h, uint64_t *masks, int *ks,
     return finite;
 }
 
+/*
+ * The chunks of predict and evaluate, spread over the threads.  With y NULL
+ * the logits of every sample go to logits (B, K); otherwise logits is unused
+ * and chunk k's summed softmax cross-entropy against y (B, K) and its count of
+ * correct rows go to chunk_loss[k] and chunk_correct[k].  Arguments and
+ * result as for fr_rnn_dense_predict.
+ */
+static int run_chunks(float *logits, double *chunk_loss, int *chunk_correct,
+                      const float *y, const float *x, const float *W,
+                      const float *U, const float *b, const float *V, const float *c,
+                      ptrdiff_t sample_stride, ptrdiff_t step_stride, int B, int T,
+                      int D, int H, int K, int chunk, int activation,
+                      fr_sgemm_fn sgemm)
+{
+    const int chunks = B > 0 ? (B - 1) / chunk + 1 : 0;
+    const int threads = team_size(chunks);
+    const ptrdiff_t states = 2 * aligned_size((ptrdiff_t)chunk * padded(H));
+    /* per thread, after the states: the chunk's zero masks (2 floats each),
+     * the term list of a tile, and for evaluate the chunk's logits and
+     * probabilities */
+    const ptrdiff_t mask_floats =
+        D <= FR_MASK_FEATURES ? aligned_size(2 * (ptrdiff_t)T * chunk) : 0;
+    const ptrdiff_t list_floats = aligned_size(D);
+    const ptrdiff_t row_floats = y != NULL ? aligned_size((ptrdiff_t)chunk * K) : 0;
+    const ptrdiff_t own = states + mask_floats + list_floats + 2 * row_floats;
+    float *shared = malloc((size_t)(FR_ALIGN_FLOATS + packed_rnn_size(D, H)) *
+                           sizeof(float));
+    struct fr_packed_rnn packed;
+    float *cursor = align_floats(shared);
+    int finite = 1, failed = shared == NULL;
+
+    if (failed)
+        return -1;
+    packed = pack_rnn(&cursor, W, U, b, D, H, 0);
+
+#pragma omp parallel num_threads(threads) if (threads > 1) \
+    reduction(&& : finite) reduction(|| : failed)
+    {
+        float *mine = malloc((size_t)(FR_ALIGN_FLOATS + own) * sizeof(float));
+        float *h = mine == NULL ? NULL : align_floats(mine);
+        uint64_t *masks = h != NULL && mask_floats ? (uint64_t *)(h + states) : NULL;
+        int *ks = h != NULL ? (int *)(h + states + mask_floats) : NULL;
+        float *rows = h != NULL ? h + states + mask_floats + list_floats : NULL;
+
+        failed = h == NULL;
+#pragma omp for schedule(dynamic)
+        for (int k = 0; k < chunks; k++) {
+            const int start = k * chunk;
+            const int n = B - start < chunk ? B - start : chunk;
+            float *out = y != NULL ? rows : logits + (ptrdiff_t)start * K;
+
+            if (h == NULL)
+                continue;
+            finite = predict_chunk(out, h, masks, ks, x + start * sample_stride,
+                                   &packed, V, c, sample_stride, step_stride, n, T,
+                                   D, H, K, activation, sgemm) &&
+                     finite;
+            if (y != NULL) {
+                /* as the train step scores its parts */
+                const float *y_chunk = y + (ptrdiff_t)start * K;
+                float *probs = rows + row_floats;
+                chunk_loss[k] = fr_softmax_xent_forward(probs, out, y_chunk, n, K) * n;
+                chunk_correct[k] = count_correct(probs, y_chunk, n, K);
+            }
+        }
+        free(mine);
+    }
+    free(shared);
+    if (failed)
+        return -1;
+    return finite;
+}
+
 int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
                          const float *U, const float *b, const float *V,
                          const float *c, ptrdiff_t sample_stride,
@@ -1315,53 +1388,45 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
      * Returns 1 if every input value is finite, 0 if not (the logits are then
      * computed all the same), -1 if scratch memory could not be allocated.
      */
+    return run_chunks(logits, NULL, NULL, NULL, x, W, U, b, V, c, sample_stride,
+                      step_stride, B, T, D, H, K, chunk, activation, sgemm);
+}
+
+int fr_rnn_dense_xent_evaluate(double *loss_sum, int *correct, const float *x,
+                               const float *y, const float *W, const float *U,
+                               const float *b, const float *V, const float *c,
+                               ptrdiff_t sample_stride, ptrdiff_t step_stride, int B,
+                               int T, int D, int H, int K, int chunk, int activation,
+                               fr_sgemm_fn sgemm)
+{
+    /*
+     * loss_sum  out: the sum over samples of the softmax cross-entropy of the
+     *           logits against y (the mean is loss_sum / B)
+     * correct   out: samples whose first largest logit is at y's first maximum
+     * y (B, K)  target distributions;  the rest as for fr_rnn_dense_predict
+     *
+     * Chunk results are summed in chunk order, so they do not depend on the
+     * threads.  Returns as fr_rnn_dense_predict.
+     */
     const int chunks = B > 0 ? (B - 1) / chunk + 1 : 0;
-    const int threads = team_size(chunks);
-    const ptrdiff_t states = 2 * aligned_size((ptrdiff_t)chunk * padded(H));
-    /* per thread, after the states: the chunk's zero masks (2 floats each) and
-     * the term list of a tile */
-    const ptrdiff_t mask_floats =
-        D <= FR_MASK_FEATURES ? aligned_size(2 * (ptrdiff_t)T * chunk) : 0;
-    float *shared = malloc((size_t)(FR_ALIGN_FLOATS + packed_rnn_size(D, H)) *
-                           sizeof(float));
-    struct fr_packed_rnn packed;
-    float *cursor = align_floats(shared);
-    int finite = 1, failed = shared == NULL;
+    double *chunk_loss = malloc((size_t)(chunks > 0 ? chunks : 1) * sizeof(double));
+    int *chunk_correct = malloc((size_t)(chunks > 0 ? chunks : 1) * sizeof(int));
+    int result = -1;
 
-    if (failed)
-        return -1;
-    packed = pack_rnn(&cursor, W, U, b, D, H, 0);
-
-#pragma omp parallel num_threads(threads) if (threads > 1) \
-    reduction(&& : finite) reduction(|| : failed)
-    {
-        /* one pair of hidden states per thread */
-        float *mine = malloc((size_t)(FR_ALIGN_FLOATS + states + mask_floats + D) *
-                             sizeof(float));
-        float *h = mine == NULL ? NULL : align_floats(mine);
-        uint64_t *masks = h != NULL && mask_floats ? (uint64_t *)(h + states) : NULL;
-        int *ks = h != NULL ? (int *)(h + states + mask_floats) : NULL;
-
-        failed = h == NULL;
-#pragma omp for schedule(dynamic)
-        for (int k = 0; k < chunks; k++) {
-            const int start = k * chunk;
-            const int n = B - start < chunk ? B - start : chunk;
-
-            if (h == NULL)
-                continue;
-            finite = predict_chunk(logits + (ptrdiff_t)start * K, h, masks, ks,
-                                   x + start * sample_stride, &packed, V, c,
-                                   sample_stride, step_stride, n, T, D, H, K,
-                                   activation, sgemm) &&
-                     finite;
+    *loss_sum = 0.0;
+    *correct = 0;
+    if (chunk_loss != NULL && chunk_correct != NULL) {
+        result = run_chunks(NULL, chunk_loss, chunk_correct, y, x, W, U, b, V, c,
+                            sample_stride, step_stride, B, T, D, H, K, chunk,
+                            activation, sgemm);
+        for (int k = 0; result >= 0 && k < chunks; k++) {
+            *loss_sum += chunk_loss[k];
+            *correct += chunk_correct[k];
         }
-        free(mine);
     }
-    free(shared);
-    if (failed)
-        return -1;
-    return finite;
+    free(chunk_loss);
+    free(chunk_correct);
+    return result;
 }
 
 int fr_max_threads(void)

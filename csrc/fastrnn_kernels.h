@@ -101,6 +101,15 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
                          ptrdiff_t step_stride, int B, int T, int D, int H, int K,
                          int chunk, int activation, fr_sgemm_fn sgemm);
 
+/* loss summed over samples and count of correct samples of SimpleRNN -> Dense
+ * -> softmax cross-entropy, without keeping the logits */
+int fr_rnn_dense_xent_evaluate(double *loss_sum, int *correct, const float *x,
+                               const float *y, const float *W, const float *U,
+                               const float *b, const float *V, const float *c,
+                               ptrdiff_t sample_stride, ptrdiff_t step_stride, int B,
+                               int T, int D, int H, int K, int chunk, int activation,
+                               fr_sgemm_fn sgemm);
+
 /* threads the parallel kernels may use: 1 when built without OpenMP */
 int fr_max_threads(void);
 

@@ -925,7 +925,26 @@ class Sequential:
 
     def _evaluate_checked(self, x, y, batch_size):
         n = x.shape[0]
-        if self._inference_layers() is not None:
+        inference = self._inference_layers()
+        if (
+            inference is not None
+            and self._fuses_softmax()
+            and hasattr(kernels(), "rnn_dense_xent_evaluate")
+        ):
+            # Loss and accuracy are summed chunk by chunk inside the kernel, on
+            # every core, without keeping the logits.
+            rnn, dense, _ = inference
+            _threads.use_threads_for_batch(1)
+            loss_sum, correct, finite = kernels().rnn_dense_xent_evaluate(
+                x, self._convert_y(y, n), *rnn.kernel_arguments(),
+                *dense.kernel_arguments(), rnn.activation_code,
+            )  # fmt: skip
+            if not finite:
+                _reject_non_finite(x, "x")
+                raise ValueError("x contains NaN or infinite values")
+            accuracy = correct / n if self._accuracy_name is not None else None
+            return loss_sum / n, accuracy
+        if inference is not None:
             # Rows are independent, so one pass over all samples gives the same
             # sample-weighted mean as batch by batch, with bounded memory.
             out = self._inference_output(x, stop_at_logits=self._fuses_softmax())

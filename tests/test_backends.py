@@ -10,8 +10,10 @@ skipped when the C extension is not built, except under
 import inspect
 import os
 
+import numba
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from fastrnn import backends
 from fastrnn._warnings import FastRNNWarning
@@ -660,14 +662,21 @@ NON_FINITE_CASES = [
 ] + [(1e39, "float64")]
 
 
-@needs_c
-@pytest.mark.parametrize("value, layout", NON_FINITE_CASES, ids=str)
-def test_rnn_dense_predict_reports_non_finite_input(value, layout):
+def poisoned_case(value, layout, seed):
+    """Weights and an x of two chunks with `value` in the second-last sample."""
     B, T, D, H, K = nk.PREDICT_CHUNK + 45, 4, 3, 5, 2
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     weights = predict_weights(rng, D, H, K)
     x = layouts(normal(rng, (B, T, D)))[layout]
     x[B - 2, T - 1, D - 1] = value
+    return rng, weights, x
+
+
+@needs_c
+@pytest.mark.parametrize("value, layout", NON_FINITE_CASES, ids=str)
+def test_rnn_dense_predict_reports_non_finite_input(value, layout):
+    _, weights, x = poisoned_case(value, layout, seed=4)
+    B = x.shape[0]
     ref, c, ref_finite, c_finite = predict_on_both(x, weights, nk.TANH)
     assert not ref_finite
     assert c_finite is False
@@ -691,6 +700,89 @@ def test_rnn_dense_predict_rejects_shapes_that_do_not_agree():
         ck.rnn_dense_predict(nans((5, 2)), np.zeros((5, 2, 4)), *weights, nk.TANH)
     with pytest.raises(ValueError, match="\\(B, T, D\\)"):
         ck.rnn_dense_predict(nans((5, 2)), np.zeros((5, 3)), *weights, nk.TANH)
+
+
+def evaluate_targets(rng, B, K):
+    """One-hot rows, and a few soft ones, as the models pass them."""
+    y = np.eye(K, dtype=np.float32)[rng.integers(0, K, B)]
+    y[: B // 3] = rng.dirichlet(np.ones(K), B // 3).astype(np.float32)
+    return y
+
+
+def softmax_xent_reference(logits, y):
+    """Summed cross-entropy and argmax hits of float64 logits."""
+    z = logits.astype(np.float64)
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    hits = np.argmax(z, axis=1) == np.argmax(y, axis=1)
+    return -(y * log_p).sum(), int(hits.sum())
+
+
+@pytest.mark.parametrize("layout", ["float32", "float64", "time_major_view"])
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
+@pytest.mark.parametrize("shape", PREDICT_SHAPES, ids=PREDICT_IDS)
+def test_rnn_dense_xent_evaluate(shape, activation, layout):
+    # Both backends' sums agree with the loss of their own predicted logits.
+    B, T, D, H, K = shape
+    rng = np.random.default_rng(B + T + 1)
+    weights = predict_weights(rng, D, H, K)
+    x = layouts(normal(rng, (B, T, D)))[layout]
+    y = evaluate_targets(rng, B, K)
+    logits = nans((B, K))
+    assert nk.rnn_dense_predict(logits, x, *weights, activation)
+    want_loss, want_correct = softmax_xent_reference(logits, y)
+    for module in (nk, ck):
+        if module is None:
+            continue
+        loss_sum, correct, finite = module.rnn_dense_xent_evaluate(
+            x, y, *weights, activation
+        )
+        assert finite
+        assert loss_sum == pytest.approx(want_loss, rel=TOL, abs=TOL)
+        # A logit within rounding of the largest may win the argmax instead.
+        assert abs(correct - want_correct) <= 1
+
+
+@needs_c
+@pytest.mark.parametrize("value, layout", NON_FINITE_CASES, ids=str)
+def test_rnn_dense_xent_evaluate_reports_non_finite_input(value, layout):
+    rng, weights, x = poisoned_case(value, layout, seed=5)
+    y = evaluate_targets(rng, x.shape[0], weights[3].shape[1])
+    assert not nk.rnn_dense_xent_evaluate(x, y, *weights, nk.TANH)[2]
+    assert ck.rnn_dense_xent_evaluate(x, y, *weights, nk.TANH)[2] is False
+
+
+@pytest.mark.parametrize("module", ["numba", "cython"])
+def test_rnn_dense_xent_evaluate_gives_the_same_bits_on_any_thread_count(module):
+    if module == "cython" and ck is None:
+        pytest.skip("the C backend is not built")
+    kernels = nk if module == "numba" else ck
+    B, T, D, H, K = 3 * nk.PREDICT_CHUNK + 7, 5, 4, 6, 3
+    rng = np.random.default_rng(6)
+    weights = predict_weights(rng, D, H, K)
+    x, y = normal(rng, (B, T, D)), evaluate_targets(rng, B, K)
+    runs = []
+    for threads in (1, 2):
+        previous = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            with threadpool_limits(threads, user_api="openmp"):
+                runs.append(kernels.rnn_dense_xent_evaluate(x, y, *weights, nk.TANH))
+        finally:
+            numba.set_num_threads(previous)
+    assert runs[0] == runs[1]
+
+
+@needs_c
+def test_rnn_dense_xent_evaluate_of_no_samples_and_bad_shapes():
+    weights = predict_weights(np.random.default_rng(0), 3, 4, 2)
+    assert ck.rnn_dense_xent_evaluate(
+        np.zeros((0, 5, 3)), nans((0, 2)), *weights, nk.TANH
+    ) == (0.0, 0, True)
+    with pytest.raises(ValueError, match="rnn_dense_xent_evaluate.*y \\(4, 2\\)"):
+        ck.rnn_dense_xent_evaluate(np.zeros((5, 2, 3)), nans((4, 2)), *weights, nk.TANH)
+    with pytest.raises(ValueError, match="rnn_dense_xent_evaluate"):
+        ck.rnn_dense_xent_evaluate(np.zeros((5, 2, 4)), nans((5, 2)), *weights, nk.TANH)
 
 
 # --------------------------------------------------------------------------

@@ -78,4 +78,11 @@ cdef extern from "fastrnn_kernels.h" nogil:
         int activation, fr_sgemm_fn sgemm
     )
 
+    int fr_rnn_dense_xent_evaluate(
+        double *loss_sum, int *correct, const float *x, const float *y,
+        const float *W, const float *U, const float *b, const float *V,
+        const float *c, Py_ssize_t sample_stride, Py_ssize_t step_stride, int B,
+        int T, int D, int H, int K, int chunk, int activation, fr_sgemm_fn sgemm
+    )
+
     int fr_max_threads()

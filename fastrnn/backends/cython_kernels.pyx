@@ -487,39 +487,93 @@ def rnn_dense_predict(
     whatever B is.  Returns False if x holds a value that is not finite in
     float32.
     """
-    x = np.asarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"rnn_dense_predict: x must be (B, T, D), got {x.shape}")
-    cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1]), D = _dim(x.shape[2])
-    cdef int H = _dim(W.shape[1]), K = _dim(V.shape[1])
-    if not (
-        logits.shape[0] == B and logits.shape[1] == K
-        and W.shape[0] == D and U.shape[0] == H and U.shape[1] == H
-        and b.shape[0] == H and V.shape[0] == H and c.shape[0] == K
-    ):
+    x = _inference_input("rnn_dense_predict", x, W, U, b, V, c)
+    if not (logits.shape[0] == x.shape[0] and logits.shape[1] == V.shape[1]):
         raise _mismatch(
             "rnn_dense_predict", logits=logits, x=x, W=W, U=U, b=b, V=V, c=c
         )
+    finite = True
+    for start, stop, block, sample_stride, step_stride, block_finite in _blocks(x):
+        finite = _predict_block(
+            logits[start:stop], block, W, U, b, V, c, sample_stride, step_stride,
+            activation,
+        ) and block_finite and finite
+    return bool(finite)
+
+
+def rnn_dense_xent_evaluate(
+    x,
+    const float[:, ::1] y,
+    const float[:, ::1] W,
+    const float[:, ::1] U,
+    const float[::1] b,
+    const float[:, ::1] V,
+    const float[::1] c,
+    int activation,
+):
+    """Softmax cross-entropy of SimpleRNN -> Dense logits, summed over samples.
+
+    x (B, T, D) any real dtype and layout, read as :func:`rnn_dense_predict`
+    reads it;  y (B, K) target distributions;  W, U, b, V, c as there.
+
+    Returns (loss summed over the B samples, number of samples whose first
+    largest logit is at y's first maximum, inputs finite).  The logits are not
+    kept, and the sums do not depend on the number of threads.
+    """
+    x = _inference_input("rnn_dense_xent_evaluate", x, W, U, b, V, c)
+    if not (y.shape[0] == x.shape[0] and y.shape[1] == V.shape[1]):
+        raise _mismatch(
+            "rnn_dense_xent_evaluate", x=x, y=y, W=W, U=U, b=b, V=V, c=c
+        )
+    loss_sum, correct, finite = 0.0, 0, True
+    for start, stop, block, sample_stride, step_stride, block_finite in _blocks(x):
+        block_loss, block_correct, block_finite_x = _evaluate_block(
+            block, y[start:stop], W, U, b, V, c, sample_stride, step_stride,
+            activation,
+        )
+        loss_sum += block_loss
+        correct += block_correct
+        finite = finite and block_finite and block_finite_x
+    return loss_sum, correct, bool(finite)
+
+
+def _inference_input(kernel, x, W, U, b, V, c):
+    """x as a (B, T, D) array whose shapes agree with the weights'."""
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"{kernel}: x must be (B, T, D), got shape {x.shape}")
+    _dim(x.shape[0]), _dim(x.shape[1]), _dim(x.shape[2])
+    H, K = W.shape[1], V.shape[1]
+    if not (
+        W.shape[0] == x.shape[2] and U.shape[0] == H and U.shape[1] == H
+        and b.shape[0] == H and V.shape[0] == H and c.shape[0] == K
+    ):
+        raise _mismatch(kernel, x=x, W=W, U=U, b=b, V=V, c=c)
+    return x
+
+
+def _blocks(x):
+    """(start, stop, block, sample stride, step stride, finite) over x's samples.
+
+    A float32 x that C can read in place is one block.  Any other is converted
+    to float32, time-major, one block of chunks at a time (one chunk per
+    thread), into one reused buffer, so memory stays bounded whatever B is;
+    finite says whether that block's conversion kept every value finite.
+    """
+    B, T, D = x.shape
     if B == 0:
-        return True
+        return
     strides = _readable_in_place(x) if T > 0 and D > 0 else None
     if strides is not None:
-        return _predict_block(logits, x, W, U, b, V, c, strides[0], strides[1],
-                              activation)
-
-    # One block feeds every thread a chunk; each block is converted, then run.
-    cdef int block = PREDICT_CHUNK * fr_max_threads()
+        yield 0, B, x, strides[0], strides[1], True
+        return
+    block = PREDICT_CHUNK * fr_max_threads()
     buffer = np.empty(T * min(B, block) * D, dtype=np.float32)
-    finite = True
     for start in range(0, B, block):
         stop = min(B, start + block)
         x_tm = buffer[: T * (stop - start) * D].reshape(T, stop - start, D)
-        finite = sequence_to_time_major(x_tm, x[start:stop]) and finite
-        finite = _predict_block(
-            logits[start:stop], x_tm.transpose(1, 0, 2), W, U, b, V, c, D,
-            (stop - start) * D, activation,
-        ) and finite
-    return bool(finite)
+        finite = sequence_to_time_major(x_tm, x[start:stop])
+        yield start, stop, x_tm.transpose(1, 0, 2), D, (stop - start) * D, finite
 
 
 cdef bint _predict_block(
@@ -547,3 +601,32 @@ cdef bint _predict_block(
     if finite < 0:
         raise MemoryError("rnn_dense_predict: no memory for the hidden states")
     return finite
+
+
+cdef tuple _evaluate_block(
+    const float[:, :, :] x,
+    const float[:, ::1] y,
+    const float[:, ::1] W,
+    const float[:, ::1] U,
+    const float[::1] b,
+    const float[:, ::1] V,
+    const float[::1] c,
+    Py_ssize_t sample_stride,
+    Py_ssize_t step_stride,
+    int activation,
+):
+    # as _predict_block; returns (loss sum, correct, finite)
+    cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1]), D = _dim(x.shape[2])
+    cdef int H = _dim(W.shape[1]), K = _dim(V.shape[1])
+    cdef int finite, correct
+    cdef double loss_sum
+    cdef int chunk = PREDICT_CHUNK
+    with nogil:
+        finite = fr_rnn_dense_xent_evaluate(
+            &loss_sum, &correct, &x[0, 0, 0], &y[0, 0], &W[0, 0], &U[0, 0], &b[0],
+            &V[0, 0], &c[0], sample_stride, step_stride, B, T, D, H, K, chunk,
+            activation, _sgemm,
+        )
+    if finite < 0:
+        raise MemoryError("rnn_dense_xent_evaluate: no memory for the hidden states")
+    return loss_sum, correct, bool(finite)

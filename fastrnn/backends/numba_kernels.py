@@ -649,23 +649,72 @@ def rnn_dense_predict(logits, x, W, U, b, V, c, activation):
     Only the current and previous hidden states are kept, so memory does not
     grow with T.  Returns False if x holds a value that is not finite in float32.
     """
-    B, T, D = x.shape
-    H = W.shape[1]
+    B = x.shape[0]
     n_chunks = (B + PREDICT_CHUNK - 1) // PREDICT_CHUNK
     finite = np.ones(n_chunks, dtype=np.bool_)
     for chunk in prange(n_chunks):
         start = chunk * PREDICT_CHUNK
         stop = min(B, start + PREDICT_CHUNK)
-        n = stop - start
-        x_tm = np.empty((T, n, D), dtype=np.float32)
-        finite[chunk] = sequence_to_time_major(x_tm, x[start:stop])
-        h = np.empty((2, n, H), dtype=np.float32)
-        step = np.zeros((n, H), dtype=np.float32)
-        for t in range(T):
-            current = h[t % 2]
-            np.dot(x_tm[t], W, current)
-            if t > 0:
-                np.dot(h[(t - 1) % 2], U, step)
-            add_step_activate(current, step, b, activation)
-        dense_forward(logits[start:stop], h[(T - 1) % 2], V, c)
+        finite[chunk] = rnn_dense_predict_chunk(
+            logits[start:stop], x[start:stop], W, U, b, V, c, activation
+        )
     return finite.all()
+
+
+@kernel
+def rnn_dense_predict_chunk(logits, x, W, U, b, V, c, activation):
+    """logits (n, K) of the n samples of x (n, T, D); False if x is not finite."""
+    n, T, D = x.shape
+    H = W.shape[1]
+    x_tm = np.empty((T, n, D), dtype=np.float32)
+    finite = sequence_to_time_major(x_tm, x)
+    h = np.empty((2, n, H), dtype=np.float32)
+    step = np.zeros((n, H), dtype=np.float32)
+    for t in range(T):
+        current = h[t % 2]
+        np.dot(x_tm[t], W, current)
+        if t > 0:
+            np.dot(h[(t - 1) % 2], U, step)
+        add_step_activate(current, step, b, activation)
+    dense_forward(logits, h[(T - 1) % 2], V, c)
+    return finite
+
+
+@parallel_kernel
+def rnn_dense_xent_evaluate(x, y, W, U, b, V, c, activation):
+    """Softmax cross-entropy of the logits h_T V + c against y, summed over samples.
+
+    x (B, T, D) any real dtype and layout (converted here);  y (B, K) target
+    distributions;  W (D, H), U (H, H), b (H,), V (H, K), c (K,)
+
+    Runs the chunks of :func:`rnn_dense_predict` and scores each as the train
+    step scores its parts; the chunks' sums are added in order, so the result
+    does not depend on the threads.  Returns (loss summed over the B samples,
+    number of samples whose first largest logit is at y's first maximum, inputs
+    finite).
+    """
+    B, T, D = x.shape
+    K = V.shape[1]
+    n_chunks = (B + PREDICT_CHUNK - 1) // PREDICT_CHUNK
+    chunk_loss = np.zeros(n_chunks)
+    chunk_correct = np.zeros(n_chunks, dtype=np.int64)
+    finite = np.ones(n_chunks, dtype=np.bool_)
+    for chunk in prange(n_chunks):
+        start = chunk * PREDICT_CHUNK
+        stop = min(B, start + PREDICT_CHUNK)
+        logits = np.empty((stop - start, K), dtype=np.float32)
+        probs = np.empty((stop - start, K), dtype=np.float32)
+        finite[chunk] = rnn_dense_predict_chunk(
+            logits, x[start:stop], W, U, b, V, c, activation
+        )
+        y_chunk = y[start:stop]
+        chunk_loss[chunk] = softmax_xent_forward(probs, logits, y_chunk) * (
+            stop - start
+        )
+        chunk_correct[chunk] = count_correct(probs, y_chunk)
+    loss_sum = 0.0
+    correct = 0
+    for chunk in range(n_chunks):
+        loss_sum += chunk_loss[chunk]
+        correct += chunk_correct[chunk]
+    return loss_sum, correct, finite.all()
