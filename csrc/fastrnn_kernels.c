@@ -581,6 +581,58 @@ static float *align_floats(float *p)
     return p + (FR_ALIGN_FLOATS * sizeof(float) - misplaced) / sizeof(float);
 }
 
+/* The Dense layer's weights in padded rows: V (H, Kp), its transpose (K, Hp)
+ * for the backward pass, c (Kp,). */
+struct fr_packed_dense {
+    float *V, *V_T, *c;
+};
+
+static ptrdiff_t packed_dense_size(int H, int K)
+{
+    const int Hp = padded(H), Kp = padded(K);
+    return aligned_size((ptrdiff_t)H * Kp) + aligned_size((ptrdiff_t)K * Hp) +
+           aligned_size(Kp);
+}
+
+/* dst (cols, width) = src (rows, cols) transposed, zero past rows. */
+static void pad_transposed(float *dst, int width, const float *src, int rows,
+                           int cols)
+{
+    for (int j = 0; j < cols; j++) {
+        float *out = dst + (ptrdiff_t)j * width;
+        for (int i = 0; i < rows; i++)
+            out[i] = src[(ptrdiff_t)i * cols + j];
+        memset(out + rows, 0, (size_t)(width - rows) * sizeof(float));
+    }
+}
+
+static struct fr_packed_dense pack_dense(float **cursor, const float *V,
+                                         const float *c, int H, int K, int transpose)
+{
+    const int Hp = padded(H), Kp = padded(K);
+    struct fr_packed_dense packed;
+
+    packed.V = carve(cursor, (ptrdiff_t)H * Kp);
+    packed.V_T = carve(cursor, (ptrdiff_t)K * Hp);
+    packed.c = carve(cursor, Kp);
+    pad_columns(packed.V, Kp, V, K, H, K);
+    pad_columns(packed.c, Kp, c, K, 1, K);
+    if (transpose)
+        pad_transposed(packed.V_T, Hp, V, H, K);
+    return packed;
+}
+
+/* logits (n, K) = h (n, Hp) V + c, through `wide` (n, Kp) scratch. */
+static void tiled_dense_forward(float *logits, float *wide, const float *h,
+                                const struct fr_packed_dense *p, int n, int H, int K)
+{
+    const int Hp = padded(H), Kp = padded(K);
+    const struct fr_factor hidden = {h, Hp, 1, p->V, Kp, H};
+
+    tiled_product(wide, Kp, n, Kp, FR_FROM_ROW, p->c, &hidden, NULL, NULL);
+    unpad_columns(logits, wide, Kp, n, K);
+}
+
 /* The weights of the recurrence in padded rows: W (D, Hp), U (H, Hp), its
  * transpose (H, Hp) for BPTT, b (Hp,). */
 struct fr_packed_rnn {
@@ -607,14 +659,8 @@ static struct fr_packed_rnn pack_rnn(float **cursor, const float *W, const float
     pad_columns(packed.W, Hp, W, H, D, H);
     pad_columns(packed.U, Hp, U, H, H, H);
     pad_columns(packed.b, Hp, b, H, 1, H);
-    if (transpose) {
-        for (int j = 0; j < H; j++) {
-            float *row = packed.U_T + (ptrdiff_t)j * Hp;
-            for (int k = 0; k < H; k++)
-                row[k] = U[(ptrdiff_t)k * H + j];
-            memset(row + H, 0, (size_t)(Hp - H) * sizeof(float));
-        }
-    }
+    if (transpose)
+        pad_transposed(packed.U_T, Hp, U, H, H);
     return packed;
 }
 
@@ -1062,14 +1108,14 @@ static int team_size(int tasks)
 /*
  * One part of the batch: rows first .. first + n - 1 run forward, loss and
  * backward on their own, into their own scratch row and gradient row.  Every
- * product of the recurrence is a tiled one on padded rows; the Dense layer's
- * few small products go to BLAS.
+ * product is a tiled one on padded rows: at these sizes a BLAS call costs
+ * more in overhead and packing than the product.
  */
 static int train_part(double *loss, int *correct, float *row, float *g,
                       const float *x, ptrdiff_t sample_stride, ptrdiff_t step_stride,
                       const float *y, const float *W, const float *U, const float *b,
                       const float *V, const float *c, int first, int n, int T, int B,
-                      int D, int H, int K, int activation, fr_sgemm_fn sgemm)
+                      int D, int H, int K, int activation)
 {
     /*
      * row  scratch, as fr_train_scratch_size lays it out
@@ -1079,10 +1125,14 @@ static int train_part(double *loss, int *correct, float *row, float *g,
      *
      * Returns 0, having computed nothing, if the part's inputs are not all finite.
      */
-    const int Hp = padded(H);
+    const int Hp = padded(H), Kp = padded(K);
     const ptrdiff_t nHp = (ptrdiff_t)n * Hp;
     float *cursor = align_floats(row);
     const struct fr_packed_rnn p = pack_rnn(&cursor, W, U, b, D, H, 1);
+    const struct fr_packed_dense dense = pack_dense(&cursor, V, c, H, K, 1);
+    /* rows of Kp: the logits, then dlogits, of the part; gV */
+    float *wide = carve(&cursor, (ptrdiff_t)n * Kp);
+    float *gV_wide = carve(&cursor, (ptrdiff_t)H * Kp);
     float *hs = carve(&cursor, T * nHp);
     float *dz = carve(&cursor, nHp);
     float *dz_prev = carve(&cursor, nHp);
@@ -1114,8 +1164,7 @@ static int train_part(double *loss, int *correct, float *row, float *g,
     /* forward */
     h_last = tiled_rnn_forward(hs, x, sample_stride, step_stride, masks, ks, &p, n,
                                T, D, H, activation, 1);
-    fill_rows(logits, c, n, K);
-    gemm_rm(sgemm, 0, 0, n, K, H, h_last, Hp, V, K, 1.0f, logits, K);
+    tiled_dense_forward(logits, wide, h_last, &dense, n, H, K);
 
     /* loss, fused with the softmax; the part's mean is weighted by its share of
      * the batch, so that the parts' gradients sum to that of the batch mean */
@@ -1125,11 +1174,19 @@ static int train_part(double *loss, int *correct, float *row, float *g,
     for (ptrdiff_t i = 0; i < (ptrdiff_t)n * K; i++)
         dlogits[i] *= share;
 
-    /* Dense backward; dh_last, in dz, keeps its padding at zero */
-    gemm_rm(sgemm, 1, 0, H, K, n, h_last, Hp, dlogits, K, 0.0f, gV, K);
+    /* Dense backward, from dlogits padded to (n, Kp) in wide: gV = h_last^T
+     * dlogits, then dh_last = dlogits V^T into dz, whose padding stays zero as
+     * that of V^T is */
     column_sums(gc, dlogits, n, K);
-    memset(dz, 0, (size_t)nHp * sizeof(float));
-    gemm_rm(sgemm, 0, 1, n, H, K, dlogits, K, V, K, 0.0f, dz, Hp);
+    pad_columns(wide, Kp, dlogits, K, n, K);
+    {
+        const struct fr_factor h_T = {h_last, 1, Hp, wide, Kp, n};
+        const struct fr_factor back = {wide, Kp, 1, dense.V_T, Hp, K};
+
+        tiled_product(gV_wide, Kp, H, Kp, FR_FROM_ZERO, NULL, &h_T, NULL, NULL);
+        unpad_columns(gV, gV_wide, Kp, H, K);
+        tiled_product(dz, Hp, n, Hp, FR_FROM_ZERO, NULL, &back, NULL, NULL);
+    }
     fr_activation_backward(dz, dz, h_last, nHp, activation);
 
     /* BPTT, gathering each step's share of dW, dU and db while its dz is in
@@ -1169,7 +1226,9 @@ ptrdiff_t fr_train_scratch_size(int T, int rows, int D, int H, int K)
     /* elements of one scratch row of fr_rnn_dense_xent_train_step: the
      * buffers train_part carves, each rounded up, and room to align the first */
     const ptrdiff_t n = rows, Hp = padded(H);
-    return FR_ALIGN_FLOATS + packed_rnn_size(D, H) + aligned_size(T * n * Hp) +
+    const ptrdiff_t Kp = padded(K);
+    return FR_ALIGN_FLOATS + packed_rnn_size(D, H) + packed_dense_size(H, K) +
+           aligned_size(n * Kp) + aligned_size(H * Kp) + aligned_size(T * n * Hp) +
            2 * aligned_size(n * Hp) + aligned_size(D * Hp) + aligned_size(H * Hp) +
            aligned_size(Hp) + 3 * aligned_size(n * K) +
            (D <= FR_MASK_FEATURES ? aligned_size(2 * T * n) : 0) +
@@ -1184,7 +1243,7 @@ double fr_rnn_dense_xent_train_step(
     const float *U, const float *b, const float *V, const float *c, float *dW,
     float *dU, float *db, float *dV, float *dc, ptrdiff_t P, ptrdiff_t scratch_row,
     int parts, int T, int B, int D, int H, int K, int activation, int optimizer,
-    const double *hyper, int threads, fr_sgemm_fn sgemm)
+    const double *hyper, int threads)
 {
     /*
      * correct             out: rows predicted right
@@ -1229,7 +1288,7 @@ double fr_rnn_dense_xent_train_step(
         finite = train_part(&part_loss[part], &part_correct[part],
                             scratch + part * scratch_row, part_grads + part * G, x,
                             sample_stride, step_stride, y, W, U, b, V, c, first, n, T,
-                            B, D, H, K, activation, sgemm) &&
+                            B, D, H, K, activation) &&
                  finite;
     }
 
@@ -1274,14 +1333,14 @@ double fr_rnn_dense_xent_train_step(
 
 /* logits of n samples; returns 1 if their inputs are all finite. */
 static int predict_chunk(float *logits, float *h, uint64_t *masks, int *ks,
-                         const float *x, const struct fr_packed_rnn *p,
-                         const float *V, const float *c, ptrdiff_t sample_stride,
-                         ptrdiff_t step_stride, int n, int T, int D, int H, int K,
-                         int activation, fr_sgemm_fn sgemm)
+                         float *wide, const float *x, const struct fr_packed_rnn *p,
+                         const struct fr_packed_dense *dense,
+                         ptrdiff_t sample_stride, ptrdiff_t step_stride, int n, int T,
+                         int D, int H, int K, int activation)
 {
     /*
      * logits (n, K) out;  h (2, n, Hp), masks (T, n) (NULL if D is over
-     * FR_MASK_FEATURES), ks (D,) scratch
+     * FR_MASK_FEATURES), ks (D,), wide (n, Kp) scratch
      * x (n, T, D) with sample_stride and step_stride elements between samples and
      * between steps, features contiguous
      */
@@ -1293,8 +1352,7 @@ static int predict_chunk(float *logits, float *h, uint64_t *masks, int *ks,
     finite = scan_inputs(masks, x, sample_stride, step_stride, n, T, D);
     h_last = tiled_rnn_forward(h, x, sample_stride, step_stride, masks, ks, p, n, T,
                                D, H, activation, 0);
-    fill_rows(logits, c, n, K);
-    gemm_rm(sgemm, 0, 0, n, K, H, h_last, padded(H), V, K, 1.0f, logits, K);
+    tiled_dense_forward(logits, wide, h_last, dense, n, H, K);
     return finite;
 }
 
@@ -1309,8 +1367,7 @@ static int run_chunks(float *logits, double *chunk_loss, int *chunk_correct,
                       const float *y, const float *x, const float *W,
                       const float *U, const float *b, const float *V, const float *c,
                       ptrdiff_t sample_stride, ptrdiff_t step_stride, int B, int T,
-                      int D, int H, int K, int chunk, int activation,
-                      fr_sgemm_fn sgemm)
+                      int D, int H, int K, int chunk, int activation)
 {
     const int chunks = B > 0 ? (B - 1) / chunk + 1 : 0;
     const int threads = team_size(chunks);
@@ -1321,17 +1378,22 @@ static int run_chunks(float *logits, double *chunk_loss, int *chunk_correct,
     const ptrdiff_t mask_floats =
         D <= FR_MASK_FEATURES ? aligned_size(2 * (ptrdiff_t)T * chunk) : 0;
     const ptrdiff_t list_floats = aligned_size(D);
+    const ptrdiff_t wide_floats = aligned_size((ptrdiff_t)chunk * padded(K));
     const ptrdiff_t row_floats = y != NULL ? aligned_size((ptrdiff_t)chunk * K) : 0;
-    const ptrdiff_t own = states + mask_floats + list_floats + 2 * row_floats;
-    float *shared = malloc((size_t)(FR_ALIGN_FLOATS + packed_rnn_size(D, H)) *
-                           sizeof(float));
+    const ptrdiff_t own =
+        states + mask_floats + list_floats + wide_floats + 2 * row_floats;
+    float *shared = malloc(
+        (size_t)(FR_ALIGN_FLOATS + packed_rnn_size(D, H) + packed_dense_size(H, K)) *
+        sizeof(float));
     struct fr_packed_rnn packed;
+    struct fr_packed_dense dense;
     float *cursor = align_floats(shared);
     int finite = 1, failed = shared == NULL;
 
     if (failed)
         return -1;
     packed = pack_rnn(&cursor, W, U, b, D, H, 0);
+    dense = pack_dense(&cursor, V, c, H, K, 0);
 
 #pragma omp parallel num_threads(threads) if (threads > 1) \
     reduction(&& : finite) reduction(|| : failed)
@@ -1340,7 +1402,8 @@ static int run_chunks(float *logits, double *chunk_loss, int *chunk_correct,
         float *h = mine == NULL ? NULL : align_floats(mine);
         uint64_t *masks = h != NULL && mask_floats ? (uint64_t *)(h + states) : NULL;
         int *ks = h != NULL ? (int *)(h + states + mask_floats) : NULL;
-        float *rows = h != NULL ? h + states + mask_floats + list_floats : NULL;
+        float *wide = h != NULL ? h + states + mask_floats + list_floats : NULL;
+        float *rows = h != NULL ? wide + wide_floats : NULL;
 
         failed = h == NULL;
 #pragma omp for schedule(dynamic)
@@ -1351,9 +1414,9 @@ static int run_chunks(float *logits, double *chunk_loss, int *chunk_correct,
 
             if (h == NULL)
                 continue;
-            finite = predict_chunk(out, h, masks, ks, x + start * sample_stride,
-                                   &packed, V, c, sample_stride, step_stride, n, T,
-                                   D, H, K, activation, sgemm) &&
+            finite = predict_chunk(out, h, masks, ks, wide, x + start * sample_stride,
+                                   &packed, &dense, sample_stride, step_stride, n, T,
+                                   D, H, K, activation) &&
                      finite;
             if (y != NULL) {
                 /* as the train step scores its parts */
@@ -1375,7 +1438,7 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
                          const float *U, const float *b, const float *V,
                          const float *c, ptrdiff_t sample_stride,
                          ptrdiff_t step_stride, int B, int T, int D, int H, int K,
-                         int chunk, int activation, fr_sgemm_fn sgemm)
+                         int chunk, int activation)
 {
     /*
      * logits (B, K) out
@@ -1389,15 +1452,14 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
      * computed all the same), -1 if scratch memory could not be allocated.
      */
     return run_chunks(logits, NULL, NULL, NULL, x, W, U, b, V, c, sample_stride,
-                      step_stride, B, T, D, H, K, chunk, activation, sgemm);
+                      step_stride, B, T, D, H, K, chunk, activation);
 }
 
 int fr_rnn_dense_xent_evaluate(double *loss_sum, int *correct, const float *x,
                                const float *y, const float *W, const float *U,
                                const float *b, const float *V, const float *c,
                                ptrdiff_t sample_stride, ptrdiff_t step_stride, int B,
-                               int T, int D, int H, int K, int chunk, int activation,
-                               fr_sgemm_fn sgemm)
+                               int T, int D, int H, int K, int chunk, int activation)
 {
     /*
      * loss_sum  out: the sum over samples of the softmax cross-entropy of the
@@ -1418,7 +1480,7 @@ int fr_rnn_dense_xent_evaluate(double *loss_sum, int *correct, const float *x,
     if (chunk_loss != NULL && chunk_correct != NULL) {
         result = run_chunks(NULL, chunk_loss, chunk_correct, y, x, W, U, b, V, c,
                             sample_stride, step_stride, B, T, D, H, K, chunk,
-                            activation, sgemm);
+                            activation);
         for (int k = 0; result >= 0 && k < chunks; k++) {
             *loss_sum += chunk_loss[k];
             *correct += chunk_correct[k];

@@ -14,8 +14,8 @@
  *
  * The per-layer kernels send their matrix products to a Fortran BLAS sgemm
  * handed in by the caller (SciPy's Cython BLAS), so this file links against no
- * BLAS of its own.  The fused train step and predict instead run the
- * recurrence on register tiles of their own (see fastrnn_kernels.c): at the
+ * BLAS of its own.  The fused train step, predict and evaluate instead run
+ * every product on register tiles of their own (see fastrnn_kernels.c): at the
  * MNIST shapes (B=50, T=28, D=28, H=50) OpenBLAS spends as long packing each
  * step's small operands as multiplying them.
  */
@@ -92,14 +92,14 @@ double fr_rnn_dense_xent_train_step(
     const float *U, const float *b, const float *V, const float *c, float *dW,
     float *dU, float *db, float *dV, float *dc, ptrdiff_t P, ptrdiff_t scratch_row,
     int parts, int T, int B, int D, int H, int K, int activation, int optimizer,
-    const double *hyper, int threads, fr_sgemm_fn sgemm);
+    const double *hyper, int threads);
 
 /* inference of SimpleRNN -> Dense on many samples */
 int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
                          const float *U, const float *b, const float *V,
                          const float *c, ptrdiff_t sample_stride,
                          ptrdiff_t step_stride, int B, int T, int D, int H, int K,
-                         int chunk, int activation, fr_sgemm_fn sgemm);
+                         int chunk, int activation);
 
 /* loss summed over samples and count of correct samples of SimpleRNN -> Dense
  * -> softmax cross-entropy, without keeping the logits */
@@ -107,8 +107,7 @@ int fr_rnn_dense_xent_evaluate(double *loss_sum, int *correct, const float *x,
                                const float *y, const float *W, const float *U,
                                const float *b, const float *V, const float *c,
                                ptrdiff_t sample_stride, ptrdiff_t step_stride, int B,
-                               int T, int D, int H, int K, int chunk, int activation,
-                               fr_sgemm_fn sgemm);
+                               int T, int D, int H, int K, int chunk, int activation);
 
 /* threads the parallel kernels may use: 1 when built without OpenMP */
 int fr_max_threads(void);

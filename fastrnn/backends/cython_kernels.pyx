@@ -6,10 +6,11 @@ conventions.
 
 Each function checks that the shapes of its arrays agree and then calls C
 without the GIL.  The check is the one thing added here: where a Numba product
-raises on a bad shape, C would read or write out of bounds.  The matrix
-products run through SciPy's BLAS, handed to C as a function pointer.  The
-fused train step and predict spread their work over OpenMP threads when the
-extension was built with OpenMP.
+raises on a bad shape, C would read or write out of bounds.  The per-layer
+kernels' matrix products run through SciPy's BLAS, handed to C as a function
+pointer; the fused train step, predict and evaluate use register tiles of
+their own and spread their work over OpenMP threads when the extension was
+built with OpenMP.
 """
 
 import numpy as np
@@ -436,7 +437,7 @@ def rnn_dense_xent_train_step(
                 part_correct, &x[0, 0, 0], T * D, D, &y[0, 0], &bounds[0], &W[0, 0], &U[0, 0], &b[0],
                 &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0], &db[0], &dV[0, 0], &dc[0],
                 P, scratch.shape[1], parts, T, B, D, H, K, activation, optimizer,
-                &hyper[0], threads, _sgemm,
+                &hyper[0], threads,
             )
     finally:
         PyMem_Free(part_loss)
@@ -457,8 +458,8 @@ def _readable_in_place(x):
     sample, step, feature = (s // 4 for s in x.strides)
     if any(s % 4 for s in x.strides) or (D > 1 and feature != 1):
         return None
-    # A stride along an axis of length 1 is never followed; BLAS still wants
-    # the distance between rows to cover a row.
+    # A stride along an axis of length 1 is never followed; it is set to one
+    # that covers a row, as the kernels expect of every stride.
     sample = max(D, 1) if B == 1 else sample
     step = 0 if T == 1 else step
     if sample < max(D, 1) or sample > INT_MAX or step < 0:
@@ -596,7 +597,7 @@ cdef bint _predict_block(
     with nogil:
         finite = fr_rnn_dense_predict(
             &logits[0, 0], &x[0, 0, 0], &W[0, 0], &U[0, 0], &b[0], &V[0, 0], &c[0],
-            sample_stride, step_stride, B, T, D, H, K, chunk, activation, _sgemm,
+            sample_stride, step_stride, B, T, D, H, K, chunk, activation,
         )
     if finite < 0:
         raise MemoryError("rnn_dense_predict: no memory for the hidden states")
@@ -625,7 +626,7 @@ cdef tuple _evaluate_block(
         finite = fr_rnn_dense_xent_evaluate(
             &loss_sum, &correct, &x[0, 0, 0], &y[0, 0], &W[0, 0], &U[0, 0], &b[0],
             &V[0, 0], &c[0], sample_stride, step_stride, B, T, D, H, K, chunk,
-            activation, _sgemm,
+            activation,
         )
     if finite < 0:
         raise MemoryError("rnn_dense_xent_evaluate: no memory for the hidden states")
