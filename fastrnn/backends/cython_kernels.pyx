@@ -27,6 +27,10 @@ LINEAR, TANH, RELU, SIGMOID = 0, 1, 2, 3
 
 cdef fr_sgemm_fn _sgemm = <fr_sgemm_fn>sgemm
 
+# Parts of a fused train step whose results fit in arrays on the stack.
+cdef enum:
+    STACK_PARTS = 16
+
 
 cdef inline int _dim(Py_ssize_t n) except -1:
     # BLAS counts rows and columns in C int.
@@ -425,8 +429,14 @@ def rnn_dense_xent_train_step(
             x=x, y=y, bounds=bounds, W=W, U=U, b=b, V=V, c=c, dW=dW, dU=dU,
             db=db, dV=dV, dc=dc, hyper=hyper,
         )
-    part_loss = <double *>PyMem_Malloc(parts * sizeof(double))
-    part_correct = <int *>PyMem_Malloc(parts * sizeof(int))
+    # The parts' results: on the stack for the few parts the models use, so a
+    # training step allocates nothing.
+    cdef double few_losses[STACK_PARTS]
+    cdef int few_correct[STACK_PARTS]
+    part_loss, part_correct = few_losses, few_correct
+    if parts > STACK_PARTS:
+        part_loss = <double *>PyMem_Malloc(parts * sizeof(double))
+        part_correct = <int *>PyMem_Malloc(parts * sizeof(int))
     try:
         if part_loss == NULL or part_correct == NULL:
             raise MemoryError()
@@ -434,14 +444,15 @@ def rnn_dense_xent_train_step(
             loss = fr_rnn_dense_xent_train_step(
                 &correct, &inputs_finite, &params[0], &grads[0], &state_1[0],
                 &state_2[0], &scratch[0, 0], &part_grads[0, 0], part_loss,
-                part_correct, &x[0, 0, 0], T * D, D, &y[0, 0], &bounds[0], &W[0, 0], &U[0, 0], &b[0],
-                &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0], &db[0], &dV[0, 0], &dc[0],
-                P, scratch.shape[1], parts, T, B, D, H, K, activation, optimizer,
-                &hyper[0], threads,
+                part_correct, &x[0, 0, 0], T * D, D, &y[0, 0], &bounds[0],
+                &W[0, 0], &U[0, 0], &b[0], &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0],
+                &db[0], &dV[0, 0], &dc[0], P, scratch.shape[1], parts, T, B, D, H,
+                K, activation, optimizer, &hyper[0], threads,
             )
     finally:
-        PyMem_Free(part_loss)
-        PyMem_Free(part_correct)
+        if parts > STACK_PARTS:
+            PyMem_Free(part_loss)
+            PyMem_Free(part_correct)
     return loss, correct, bool(inputs_finite)
 
 
@@ -543,7 +554,8 @@ def _inference_input(kernel, x, W, U, b, V, c):
     x = np.asarray(x)
     if x.ndim != 3:
         raise ValueError(f"{kernel}: x must be (B, T, D), got shape {x.shape}")
-    _dim(x.shape[0]), _dim(x.shape[1]), _dim(x.shape[2])
+    for size in x.shape:
+        _dim(size)
     H, K = W.shape[1], V.shape[1]
     if not (
         W.shape[0] == x.shape[2] and U.shape[0] == H and U.shape[1] == H
