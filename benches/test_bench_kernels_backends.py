@@ -115,7 +115,7 @@ def make_train_case():
     return (
         params, grads, np.zeros_like(params), np.zeros_like(params),
         np.empty((2, scratch_size), f32), np.empty((2, params.size), f32),
-        rng.random((T, B, D)).astype(f32), y, bounds,
+        rng.random((B, T, D)).astype(f32), y, bounds,
         *[params[i:j].reshape(s) for i, j, s in spans],
         *[grads[i:j].reshape(s) for i, j, s in spans],
         TANH, ADAM, hyper, 2,
@@ -129,8 +129,9 @@ def test_rnn_dense_xent_train_step(benchmark, name):
     _threads.use_threads_for_batch(1)
 
     reference, case = make_train_case(), make_train_case()
-    ref_loss, ref_correct = numba_kernels.rnn_dense_xent_train_step(*reference)
-    loss, correct = kernels.rnn_dense_xent_train_step(*case)
+    ref_loss, ref_correct, _ = numba_kernels.rnn_dense_xent_train_step(*reference)
+    loss, correct, inputs_finite = kernels.rnn_dense_xent_train_step(*case)
+    assert inputs_finite
     agree(loss, ref_loss, "loss")
     assert correct == ref_correct
     for index, what in ((0, "params"), (1, "grads"), (2, "state_1"), (3, "state_2")):

@@ -324,18 +324,71 @@ struct fr_factor {
     const float *b;
     ptrdiff_t ldb;
     int k_len;
+    /* Optional: bit masks of A's nonzero elements, which let a tile leave out
+     * every k whose A elements are zero in all the tile's rows.  With
+     * zeros_by_row, zeros[r] has bit k set if A (r, k) != 0 (k < 64); without,
+     * zeros[k] has bit r set if A (r, k) != 0 (r < 64).  NULL: no skipping. */
+    const uint64_t *zeros;
+    int zeros_by_row;
 };
 
 enum fr_tile_start { FR_FROM_ZERO, FR_FROM_ROW, FR_FROM_C };
 
+/* Which terms k of a factor a tile takes: all of them, the set bits of `bits`,
+ * or the `count` listed in `list`, always in increasing order.  A term is left
+ * out only when its A elements are zero in every row of the tile. */
+enum fr_terms_kind { FR_ALL_TERMS, FR_BIT_TERMS, FR_LISTED_TERMS };
+
+struct fr_terms {
+    int kind;
+    uint64_t bits;
+    const int *list;
+    int count;
+};
+
+/* Index of the lowest set bit of m, which is not 0. */
+static inline int lowest_bit(uint64_t m)
+{
+#if defined(__GNUC__)
+    return __builtin_ctzll(m);
+#else
+    int bit = 0;
+    while (!(m & 1)) {
+        m >>= 1;
+        bit++;
+    }
+    return bit;
+#endif
+}
+
+/* acc (R, V vectors) += A (0:R, k) B (k, 0:V vectors) */
+FR_INLINE void add_term(fr_vec acc[FR_TILE_ROWS][FR_TILE_VECS],
+                        const struct fr_factor *f, ptrdiff_t k, int R, int V)
+{
+    const float *a_k = f->a + k * f->col;
+    const float *b_k = f->b + k * f->ldb;
+    float a[FR_TILE_ROWS];
+
+    for (int r = 0; r < R; r++)
+        a[r] = a_k[r * f->row];
+    for (int v = 0; v < V; v++) {
+        fr_vec b = vec_load(b_k + v * FR_LANES);
+        vec_pin(b);
+        for (int r = 0; r < R; r++)
+            acc[r][v] = vec_fma(acc[r][v], a[r], b);
+    }
+}
+
 /*
  * C[0:R, 0:V vectors] = start + A1 B1 + A2 B2, where start is zero, the row
- * `start_row` in every row, or C itself.  R and V are constants wherever this
- * is inlined, so the accumulators live in registers.
+ * `start_row` in every row, or C itself, and A1 B1 runs over the terms that
+ * `terms1` selects.  R and V are constants wherever this is inlined, so the
+ * accumulators live in registers.  Each element sums start, then the terms of
+ * the first factor in order, then those of the second.
  */
 FR_INLINE void tile(float *C, ptrdiff_t ldc, int start, const float *start_row,
-                    const struct fr_factor *f1, const struct fr_factor *f2,
-                    int R, int V)
+                    const struct fr_factor *f1, const struct fr_terms *terms1,
+                    const struct fr_factor *f2, int R, int V)
 {
     fr_vec acc[FR_TILE_ROWS][FR_TILE_VECS];
 
@@ -344,23 +397,21 @@ FR_INLINE void tile(float *C, ptrdiff_t ldc, int start, const float *start_row,
             acc[r][v] = start == FR_FROM_C      ? vec_load(C + r * ldc + v * FR_LANES)
                         : start == FR_FROM_ROW ? vec_load(start_row + v * FR_LANES)
                                                : vec_zero();
-    for (int which = 0; which < 2; which++) {
-        const struct fr_factor *f = which == 0 ? f1 : f2;
-        if (f == NULL)
-            continue;
-        for (int k = 0; k < f->k_len; k++) {
-            const float *b_row = f->b + k * f->ldb;
-            float a[FR_TILE_ROWS];
-            for (int r = 0; r < R; r++)
-                a[r] = f->a[r * f->row + k * f->col];
-            for (int v = 0; v < V; v++) {
-                fr_vec b = vec_load(b_row + v * FR_LANES);
-                vec_pin(b);
-                for (int r = 0; r < R; r++)
-                    acc[r][v] = vec_fma(acc[r][v], a[r], b);
-            }
-        }
+    /* Three loops rather than one with a test inside: a dense loop keeps its
+     * addresses in simple increments. */
+    if (f1 != NULL && terms1->kind == FR_ALL_TERMS) {
+        for (int k = 0; k < f1->k_len; k++)
+            add_term(acc, f1, k, R, V);
+    } else if (f1 != NULL && terms1->kind == FR_BIT_TERMS) {
+        for (uint64_t bits = terms1->bits; bits != 0; bits &= bits - 1)
+            add_term(acc, f1, lowest_bit(bits), R, V);
+    } else if (f1 != NULL) {
+        for (int j = 0; j < terms1->count; j++)
+            add_term(acc, f1, terms1->list[j], R, V);
     }
+    if (f2 != NULL)
+        for (int k = 0; k < f2->k_len; k++)
+            add_term(acc, f2, k, R, V);
     for (int r = 0; r < R; r++)
         for (int v = 0; v < V; v++)
             vec_store(C + r * ldc + v * FR_LANES, acc[r][v]);
@@ -384,8 +435,38 @@ static struct fr_factor factor_vecs_from(const struct fr_factor *f, int vecs)
 
 #define FR_TILE_CASE(R, V)                                                      \
     case (R) * 8 + (V):                                                         \
-        tile(c, ldc, start, row, f1 ? &g1 : NULL, f2 ? &g2 : NULL, (R), (V));   \
+        tile(c, ldc, start, row, f1 ? &g1 : NULL, &terms, f2 ? &g2 : NULL, (R),  \
+             (V));                                                              \
         break
+
+/*
+ * The terms of f that rows first .. first + R - 1 of A need (see fr_factor's
+ * zeros).  A list goes to ks.
+ */
+static struct fr_terms needed_terms(int *ks, const struct fr_factor *f, int first,
+                                    int R)
+{
+    struct fr_terms terms = {FR_ALL_TERMS, 0, NULL, 0};
+
+    if (f == NULL || f->zeros == NULL)
+        return terms;
+    if (f->zeros_by_row) {
+        terms.kind = FR_BIT_TERMS;
+        for (int r = 0; r < R; r++)
+            terms.bits |= f->zeros[first + r];
+    } else {
+        const uint64_t rows = (R == 64 ? ~(uint64_t)0 : ((uint64_t)1 << R) - 1)
+                              << first;
+        terms.kind = FR_LISTED_TERMS;
+        terms.list = ks;
+        /* Written without a branch: which samples are zero is unpredictable. */
+        for (int k = 0; k < f->k_len; k++) {
+            ks[terms.count] = k;
+            terms.count += (f->zeros[k] & rows) != 0;
+        }
+    }
+    return terms;
+}
 
 /*
  * C (M, Hp), rows ldc apart, = start + A1 B1 + A2 B2 (f2 may be NULL), tile by
@@ -393,8 +474,9 @@ static struct fr_factor factor_vecs_from(const struct fr_factor *f, int vecs)
  */
 static void tiled_product(float *C, ptrdiff_t ldc, int M, int Hp, int start,
                           const float *start_row, const struct fr_factor *f1,
-                          const struct fr_factor *f2)
+                          const struct fr_factor *f2, int *ks)
 {
+    /* ks: room for f1->k_len ints when f1 has zero masks, else unused */
     const int vecs = Hp / FR_LANES;
 
     /* The rows are dealt out evenly, so that no tile is left with a row or
@@ -404,6 +486,15 @@ static void tiled_product(float *C, ptrdiff_t ldc, int M, int Hp, int start,
 
     for (int t = 0, i = 0; t < tiles; t++) {
         const int R = base + (t < extra);
+        const struct fr_terms terms = needed_terms(ks, f1, i, R);
+
+        /* A tile whose only factor is all zeros leaves C as it is. */
+        if (f2 == NULL && start == FR_FROM_C &&
+            ((terms.kind == FR_BIT_TERMS && terms.bits == 0) ||
+             (terms.kind == FR_LISTED_TERMS && terms.count == 0))) {
+            i += R;
+            continue;
+        }
         for (int v0 = 0; v0 < vecs; v0 += FR_TILE_VECS) {
             const int V = vecs - v0 < FR_TILE_VECS ? vecs - v0 : FR_TILE_VECS;
             float *c = C + i * ldc + v0 * FR_LANES;
@@ -490,6 +581,58 @@ static float *align_floats(float *p)
     return p + (FR_ALIGN_FLOATS * sizeof(float) - misplaced) / sizeof(float);
 }
 
+/* The Dense layer's weights in padded rows: V (H, Kp), its transpose (K, Hp)
+ * for the backward pass, c (Kp,). */
+struct fr_packed_dense {
+    float *V, *V_T, *c;
+};
+
+static ptrdiff_t packed_dense_size(int H, int K)
+{
+    const int Hp = padded(H), Kp = padded(K);
+    return aligned_size((ptrdiff_t)H * Kp) + aligned_size((ptrdiff_t)K * Hp) +
+           aligned_size(Kp);
+}
+
+/* dst (cols, width) = src (rows, cols) transposed, zero past rows. */
+static void pad_transposed(float *dst, int width, const float *src, int rows,
+                           int cols)
+{
+    for (int j = 0; j < cols; j++) {
+        float *out = dst + (ptrdiff_t)j * width;
+        for (int i = 0; i < rows; i++)
+            out[i] = src[(ptrdiff_t)i * cols + j];
+        memset(out + rows, 0, (size_t)(width - rows) * sizeof(float));
+    }
+}
+
+static struct fr_packed_dense pack_dense(float **cursor, const float *V,
+                                         const float *c, int H, int K, int transpose)
+{
+    const int Hp = padded(H), Kp = padded(K);
+    struct fr_packed_dense packed;
+
+    packed.V = carve(cursor, (ptrdiff_t)H * Kp);
+    packed.V_T = carve(cursor, (ptrdiff_t)K * Hp);
+    packed.c = carve(cursor, Kp);
+    pad_columns(packed.V, Kp, V, K, H, K);
+    pad_columns(packed.c, Kp, c, K, 1, K);
+    if (transpose)
+        pad_transposed(packed.V_T, Hp, V, H, K);
+    return packed;
+}
+
+/* logits (n, K) = h (n, Hp) V + c, through `wide` (n, Kp) scratch. */
+static void tiled_dense_forward(float *logits, float *wide, const float *h,
+                                const struct fr_packed_dense *p, int n, int H, int K)
+{
+    const int Hp = padded(H), Kp = padded(K);
+    const struct fr_factor hidden = {h, Hp, 1, p->V, Kp, H};
+
+    tiled_product(wide, Kp, n, Kp, FR_FROM_ROW, p->c, &hidden, NULL, NULL);
+    unpad_columns(logits, wide, Kp, n, K);
+}
+
 /* The weights of the recurrence in padded rows: W (D, Hp), U (H, Hp), its
  * transpose (H, Hp) for BPTT, b (Hp,). */
 struct fr_packed_rnn {
@@ -516,27 +659,87 @@ static struct fr_packed_rnn pack_rnn(float **cursor, const float *W, const float
     pad_columns(packed.W, Hp, W, H, D, H);
     pad_columns(packed.U, Hp, U, H, H, H);
     pad_columns(packed.b, Hp, b, H, 1, H);
-    if (transpose) {
-        for (int j = 0; j < H; j++) {
-            float *row = packed.U_T + (ptrdiff_t)j * Hp;
-            for (int k = 0; k < H; k++)
-                row[k] = U[(ptrdiff_t)k * H + j];
-            memset(row + H, 0, (size_t)(Hp - H) * sizeof(float));
+    if (transpose)
+        pad_transposed(packed.U_T, Hp, U, H, H);
+    return packed;
+}
+
+/* Inputs of at most this many features get zero masks (one bit per feature). */
+#define FR_MASK_FEATURES 64
+
+/*
+ * Read the inputs once: masks[t * n + i] gets bit d set where x_t (i, d) != 0,
+ * and the result is 1 if every value is finite.  x holds n samples of T steps
+ * of D features, samples sample_stride apart and steps step_stride apart.
+ * masks (T, n) may be NULL, and must be when D > FR_MASK_FEATURES.
+ *
+ * Sample by sample, so that a batch-major x is read in one forward sweep, which
+ * the hardware prefetcher follows best; predict relies on this pass to bring
+ * each chunk into cache.  A value is not finite when its exponent bits are all
+ * ones; testing the bits, unlike isfinite, vectorises.
+ */
+static int scan_inputs(uint64_t *masks, const float *x, ptrdiff_t sample_stride,
+                       ptrdiff_t step_stride, int n, int T, int D)
+{
+    uint32_t bad = 0;
+
+    for (int i = 0; i < n; i++) {
+        for (int t = 0; t < T; t++) {
+            const float *row = x + i * sample_stride + t * step_stride;
+            uint64_t nonzero = 0;
+            int d = 0;
+#if defined(__AVX512F__)
+            const __m512i exponent = _mm512_set1_epi32(0x7f800000);
+            for (; masks != NULL && d < D; d += 16) {
+                /* a masked load only for the last few features: on this
+                 * hardware it streams from memory at a fraction of the rate of
+                 * a plain load */
+                const __m512 v =
+                    D - d >= 16 ? _mm512_loadu_ps(row + d)
+                                : _mm512_maskz_loadu_ps((__mmask16)((1u << (D - d)) - 1),
+                                                        row + d);
+                const __m512i bits = _mm512_and_si512(_mm512_castps_si512(v), exponent);
+                nonzero |= (uint64_t)_mm512_cmp_ps_mask(v, _mm512_setzero_ps(),
+                                                        _CMP_NEQ_UQ)
+                           << d;
+                bad |= _mm512_cmpeq_epi32_mask(bits, exponent);
+            }
+#elif defined(__AVX2__)
+            const __m256i exponent = _mm256_set1_epi32(0x7f800000);
+            for (; masks != NULL && d + 8 <= D; d += 8) {
+                const __m256 v = _mm256_loadu_ps(row + d);
+                const __m256i bits = _mm256_and_si256(_mm256_castps_si256(v), exponent);
+                const __m256 zero = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ);
+                nonzero |= (uint64_t)(~_mm256_movemask_ps(zero) & 0xff) << d;
+                bad |= _mm256_movemask_epi8(_mm256_cmpeq_epi32(bits, exponent));
+            }
+#endif
+            for (; d < D; d++) {
+                uint32_t bits;
+                memcpy(&bits, &row[d], sizeof bits);
+                bad |= (bits & 0x7f800000u) == 0x7f800000u;
+                if (masks != NULL)
+                    nonzero |= (uint64_t)(row[d] != 0.0f) << d;
+            }
+            if (masks != NULL)
+                masks[(ptrdiff_t)t * n + i] = nonzero;
         }
     }
-    return packed;
+    return !bad;
 }
 
 /*
  * hs[t] (n, Hp) = act(x_t W + h_{t-1} U + b) for t = 0 .. T - 1, h_{-1} = 0.
  * x_t (n, D) has rows sample_stride apart and lies step_stride after x_{t-1}.
+ * masks (T, n) from scan_inputs lets the input products skip features that
+ * are zero in all rows of a tile, or is NULL; ks has room for D ints.
  * With `keep_all` 0 only two states are kept, hs[t % 2]; otherwise hs holds
  * all T.  Returns the last state (zero if T is 0).
  */
 static float *tiled_rnn_forward(float *hs, const float *x, ptrdiff_t sample_stride,
-                                ptrdiff_t step_stride, const struct fr_packed_rnn *p,
-                                int n, int T, int D, int H, int activation,
-                                int keep_all)
+                                ptrdiff_t step_stride, const uint64_t *masks,
+                                int *ks, const struct fr_packed_rnn *p, int n,
+                                int T, int D, int H, int activation, int keep_all)
 {
     const int Hp = padded(H);
     const ptrdiff_t nHp = (ptrdiff_t)n * Hp;
@@ -545,13 +748,14 @@ static float *tiled_rnn_forward(float *hs, const float *x, ptrdiff_t sample_stri
     if (T == 0)
         memset(hs, 0, (size_t)nHp * sizeof(float));
     for (int t = 0; t < T; t++) {
-        const struct fr_factor input = {x + t * step_stride, sample_stride, 1, p->W,
-                                        Hp, D};
+        const struct fr_factor input = {
+            x + t * step_stride, sample_stride, 1, p->W, Hp, D,
+            masks != NULL ? masks + (ptrdiff_t)t * n : NULL, 1};
         const struct fr_factor recurrent = {h_prev, Hp, 1, p->U, Hp, H};
 
         h = hs + (keep_all ? t : t % 2) * nHp;
         tiled_product(h, Hp, n, Hp, FR_FROM_ROW, p->b, &input,
-                      t > 0 ? &recurrent : NULL);
+                      t > 0 ? &recurrent : NULL, ks);
         fr_activation_forward(h, h, nHp, activation);
         h_prev = h;
     }
@@ -904,24 +1108,31 @@ static int team_size(int tasks)
 /*
  * One part of the batch: rows first .. first + n - 1 run forward, loss and
  * backward on their own, into their own scratch row and gradient row.  Every
- * product of the recurrence is a tiled one on padded rows; the Dense layer's
- * few small products go to BLAS.
+ * product is a tiled one on padded rows: at these sizes a BLAS call costs
+ * more in overhead and packing than the product.
  */
-static void train_part(double *loss, int *correct, float *row, float *g,
-                       const float *x_tm, const float *y, const float *W,
-                       const float *U, const float *b, const float *V,
-                       const float *c, int first, int n, int T, int B, int D, int H,
-                       int K, int activation, fr_sgemm_fn sgemm)
+static int train_part(double *loss, int *correct, float *row, float *g,
+                      const float *x, ptrdiff_t sample_stride, ptrdiff_t step_stride,
+                      const float *y, const float *W, const float *U, const float *b,
+                      const float *V, const float *c, int first, int n, int T, int B,
+                      int D, int H, int K, int activation)
 {
     /*
      * row  scratch, as fr_train_scratch_size lays it out
      * g    gradients of W (D, H), U (H, H), b (H,), V (H, K), c (K,), flattened
-     * x_tm (T, B, D), y (B, K)
+     * x (B, T, D) with sample_stride and step_stride elements between samples and
+     * between steps, features contiguous;  y (B, K)
+     *
+     * Returns 0, having computed nothing, if the part's inputs are not all finite.
      */
-    const int Hp = padded(H);
-    const ptrdiff_t nHp = (ptrdiff_t)n * Hp, step_stride = (ptrdiff_t)B * D;
+    const int Hp = padded(H), Kp = padded(K);
+    const ptrdiff_t nHp = (ptrdiff_t)n * Hp;
     float *cursor = align_floats(row);
     const struct fr_packed_rnn p = pack_rnn(&cursor, W, U, b, D, H, 1);
+    const struct fr_packed_dense dense = pack_dense(&cursor, V, c, H, K, 1);
+    /* rows of Kp: the logits, then dlogits, of the part; gV */
+    float *wide = carve(&cursor, (ptrdiff_t)n * Kp);
+    float *gV_wide = carve(&cursor, (ptrdiff_t)H * Kp);
     float *hs = carve(&cursor, T * nHp);
     float *dz = carve(&cursor, nHp);
     float *dz_prev = carve(&cursor, nHp);
@@ -931,20 +1142,29 @@ static void train_part(double *loss, int *correct, float *row, float *g,
     float *logits = carve(&cursor, (ptrdiff_t)n * K);
     float *probs = carve(&cursor, (ptrdiff_t)n * K);
     float *dlogits = carve(&cursor, (ptrdiff_t)n * K);
+    /* uint64_t and int fit in the float-aligned scratch: carve starts every
+     * buffer on a 64-byte boundary */
+    uint64_t *masks = D <= FR_MASK_FEATURES
+                          ? (uint64_t *)carve(&cursor, 2 * (ptrdiff_t)T * n)
+                          : NULL;
+    int *ks = (int *)carve(&cursor, n > D ? n : D);
     float *gW = g;
     float *gU = gW + (ptrdiff_t)D * H;
     float *gb = gU + (ptrdiff_t)H * H;
     float *gV = gb + H;
     float *gc = gV + (ptrdiff_t)H * K;
-    const float *x = x_tm + (ptrdiff_t)first * D;
     const float *y_part = y + (ptrdiff_t)first * K;
     const float share = (float)((double)n / B);
     const float *h_last;
 
+    x += first * sample_stride;
+    if (!scan_inputs(masks, x, sample_stride, step_stride, n, T, D))
+        return 0;
+
     /* forward */
-    h_last = tiled_rnn_forward(hs, x, D, step_stride, &p, n, T, D, H, activation, 1);
-    fill_rows(logits, c, n, K);
-    gemm_rm(sgemm, 0, 0, n, K, H, h_last, Hp, V, K, 1.0f, logits, K);
+    h_last = tiled_rnn_forward(hs, x, sample_stride, step_stride, masks, ks, &p, n,
+                               T, D, H, activation, 1);
+    tiled_dense_forward(logits, wide, h_last, &dense, n, H, K);
 
     /* loss, fused with the softmax; the part's mean is weighted by its share of
      * the batch, so that the parts' gradients sum to that of the batch mean */
@@ -954,11 +1174,19 @@ static void train_part(double *loss, int *correct, float *row, float *g,
     for (ptrdiff_t i = 0; i < (ptrdiff_t)n * K; i++)
         dlogits[i] *= share;
 
-    /* Dense backward; dh_last, in dz, keeps its padding at zero */
-    gemm_rm(sgemm, 1, 0, H, K, n, h_last, Hp, dlogits, K, 0.0f, gV, K);
+    /* Dense backward, from dlogits padded to (n, Kp) in wide: gV = h_last^T
+     * dlogits, then dh_last = dlogits V^T into dz, whose padding stays zero as
+     * that of V^T is */
     column_sums(gc, dlogits, n, K);
-    memset(dz, 0, (size_t)nHp * sizeof(float));
-    gemm_rm(sgemm, 0, 1, n, H, K, dlogits, K, V, K, 0.0f, dz, Hp);
+    pad_columns(wide, Kp, dlogits, K, n, K);
+    {
+        const struct fr_factor h_T = {h_last, 1, Hp, wide, Kp, n};
+        const struct fr_factor back = {wide, Kp, 1, dense.V_T, Hp, K};
+
+        tiled_product(gV_wide, Kp, H, Kp, FR_FROM_ZERO, NULL, &h_T, NULL, NULL);
+        unpad_columns(gV, gV_wide, Kp, H, K);
+        tiled_product(dz, Hp, n, Hp, FR_FROM_ZERO, NULL, &back, NULL, NULL);
+    }
     fr_activation_backward(dz, dz, h_last, nHp, activation);
 
     /* BPTT, gathering each step's share of dW, dU and db while its dz is in
@@ -969,17 +1197,19 @@ static void train_part(double *loss, int *correct, float *row, float *g,
     memset(db, 0, (size_t)Hp * sizeof(float));
     for (int t = T - 1; t >= 0; t--) {
         const float *h_prev = hs + (t - 1) * nHp;
-        const struct fr_factor x_T = {x + t * step_stride, 1, D, dz, Hp, n};
+        const struct fr_factor x_T = {
+            x + t * step_stride, 1, sample_stride, dz, Hp, n,
+            masks != NULL ? masks + (ptrdiff_t)t * n : NULL, 0};
         const struct fr_factor h_T = {h_prev, 1, Hp, dz, Hp, n};
         const struct fr_factor back = {dz, Hp, 1, p.U_T, Hp, H};
         float *swap;
 
         add_column_sums(db, dz, n, Hp);
-        tiled_product(dW, Hp, D, Hp, FR_FROM_C, NULL, &x_T, NULL);
+        tiled_product(dW, Hp, D, Hp, FR_FROM_C, NULL, &x_T, NULL, ks);
         if (t == 0)
             break;
-        tiled_product(dU, Hp, H, Hp, FR_FROM_C, NULL, &h_T, NULL);
-        tiled_product(dz_prev, Hp, n, Hp, FR_FROM_ZERO, NULL, &back, NULL);
+        tiled_product(dU, Hp, H, Hp, FR_FROM_C, NULL, &h_T, NULL, ks);
+        tiled_product(dz_prev, Hp, n, Hp, FR_FROM_ZERO, NULL, &back, NULL, ks);
         fr_activation_backward(dz_prev, dz_prev, h_prev, nHp, activation);
         swap = dz;
         dz = dz_prev;
@@ -988,6 +1218,7 @@ static void train_part(double *loss, int *correct, float *row, float *g,
     unpad_columns(gW, dW, Hp, D, H);
     unpad_columns(gU, dU, Hp, H, H);
     unpad_columns(gb, db, Hp, 1, H);
+    return 1;
 }
 
 ptrdiff_t fr_train_scratch_size(int T, int rows, int D, int H, int K)
@@ -995,22 +1226,29 @@ ptrdiff_t fr_train_scratch_size(int T, int rows, int D, int H, int K)
     /* elements of one scratch row of fr_rnn_dense_xent_train_step: the
      * buffers train_part carves, each rounded up, and room to align the first */
     const ptrdiff_t n = rows, Hp = padded(H);
-    return FR_ALIGN_FLOATS + packed_rnn_size(D, H) + aligned_size(T * n * Hp) +
+    const ptrdiff_t Kp = padded(K);
+    return FR_ALIGN_FLOATS + packed_rnn_size(D, H) + packed_dense_size(H, K) +
+           aligned_size(n * Kp) + aligned_size(H * Kp) + aligned_size(T * n * Hp) +
            2 * aligned_size(n * Hp) + aligned_size(D * Hp) + aligned_size(H * Hp) +
-           aligned_size(Hp) + 3 * aligned_size(n * K);
+           aligned_size(Hp) + 3 * aligned_size(n * K) +
+           (D <= FR_MASK_FEATURES ? aligned_size(2 * T * n) : 0) +
+           aligned_size(n > D ? n : D);
 }
 
 double fr_rnn_dense_xent_train_step(
-    int *correct, float *params, float *grads, float *state_1, float *state_2,
-    float *scratch, float *part_grads, double *part_loss, int *part_correct,
-    const float *x_tm, const float *y, const int64_t *bounds, const float *W,
+    int *correct, int *inputs_finite, float *params, float *grads, float *state_1,
+    float *state_2, float *scratch, float *part_grads, double *part_loss,
+    int *part_correct, const float *x, ptrdiff_t sample_stride,
+    ptrdiff_t step_stride, const float *y, const int64_t *bounds, const float *W,
     const float *U, const float *b, const float *V, const float *c, float *dW,
     float *dU, float *db, float *dV, float *dc, ptrdiff_t P, ptrdiff_t scratch_row,
     int parts, int T, int B, int D, int H, int K, int activation, int optimizer,
-    const double *hyper, int threads, fr_sgemm_fn sgemm)
+    const double *hyper, int threads)
 {
     /*
      * correct             out: rows predicted right
+     * inputs_finite       out: 0 if x holds a value that is not finite, which
+     *                     leaves params, grads and the optimizer state untouched
      * params, grads (P,)  flat weights and gradients; W (D, H), U (H, H), b (H,),
      *                     V (H, K), c (K,) are views of params, dW, dU, db, dV,
      *                     dc of grads (or of other memory for an absent bias)
@@ -1020,7 +1258,9 @@ double fr_rnn_dense_xent_train_step(
      * part_grads (parts, G)  each part's gradients of W, U, b, V, c, flattened
      *                     in that order, G = D H + H H + H + H K + K
      * part_loss, part_correct (parts,)  scratch
-     * x_tm (T, B, D), y (B, K)  inputs, targets
+     * x (B, T, D)         inputs: sample_stride and step_stride elements between
+     *                     samples and between steps, features contiguous
+     * y (B, K)            targets
      * bounds (parts + 1,) part s holds batch rows bounds[s] to bounds[s + 1]
      * hyper  Adam (alpha_t, beta_1, beta_2, epsilon), SGD (learning_rate,
      *        momentum, nesterov), RMSprop (learning_rate, rho, epsilon)
@@ -1031,6 +1271,7 @@ double fr_rnn_dense_xent_train_step(
     const ptrdiff_t G = (ptrdiff_t)D * H + (ptrdiff_t)H * H + H + (ptrdiff_t)H * K + K;
     double loss = 0.0;
     float *total = part_grads;
+    int finite = 1;
 
     /* The caller chooses the thread count (1 runs the parts one after the
      * other, with the same arithmetic), capped by the parts and the cores. */
@@ -1039,17 +1280,23 @@ double fr_rnn_dense_xent_train_step(
 
     /* Each part runs on its own thread, with BLAS on one thread inside it: the
      * products of a few dozen rows are too small for BLAS to split well. */
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) \
+    reduction(&& : finite)
     for (int part = 0; part < parts; part++) {
         const int first = (int)bounds[part];
         const int n = (int)(bounds[part + 1] - bounds[part]);
-        train_part(&part_loss[part], &part_correct[part],
-                   scratch + part * scratch_row, part_grads + part * G, x_tm, y, W,
-                   U, b, V, c, first, n, T, B, D, H, K, activation, sgemm);
+        finite = train_part(&part_loss[part], &part_correct[part],
+                            scratch + part * scratch_row, part_grads + part * G, x,
+                            sample_stride, step_stride, y, W, U, b, V, c, first, n, T,
+                            B, D, H, K, activation) &&
+                 finite;
     }
 
     /* Summed in part order, so that the result does not depend on the threads. */
     *correct = 0;
+    *inputs_finite = finite;
+    if (!finite)
+        return NAN;
     for (int part = 0; part < parts; part++) {
         loss += part_loss[part];
         *correct += part_correct[part];
@@ -1084,39 +1331,16 @@ double fr_rnn_dense_xent_train_step(
  * inference of SimpleRNN -> Dense on many samples
  */
 
-/* 1 if the n samples of T rows of D values at x are all finite; samples lie
- * sample_stride apart and their rows step_stride apart. */
-static int samples_finite(const float *x, ptrdiff_t sample_stride,
-                          ptrdiff_t step_stride, int n, int T, int D)
-{
-    uint32_t bad = 0;
-
-    /* An exponent of all ones is an inf or a NaN; testing the bits, unlike
-     * isfinite, lets the loop vectorise.  Sample by sample, so that a
-     * batch-major x is read in one forward sweep, which is what the hardware
-     * prefetcher follows best: this pass is what brings x into cache. */
-    for (int i = 0; i < n; i++) {
-        for (int t = 0; t < T; t++) {
-            const float *row = x + i * sample_stride + t * step_stride;
-            for (int d = 0; d < D; d++) {
-                uint32_t bits;
-                memcpy(&bits, &row[d], sizeof bits);
-                bad |= (bits & 0x7f800000u) == 0x7f800000u;
-            }
-        }
-    }
-    return !bad;
-}
-
 /* logits of n samples; returns 1 if their inputs are all finite. */
-static int predict_chunk(float *logits, float *h, const float *x,
-                         const struct fr_packed_rnn *p, const float *V,
-                         const float *c, ptrdiff_t sample_stride,
-                         ptrdiff_t step_stride, int n, int T, int D, int H, int K,
-                         int activation, fr_sgemm_fn sgemm)
+static int predict_chunk(float *logits, float *h, uint64_t *masks, int *ks,
+                         float *wide, const float *x, const struct fr_packed_rnn *p,
+                         const struct fr_packed_dense *dense,
+                         ptrdiff_t sample_stride, ptrdiff_t step_stride, int n, int T,
+                         int D, int H, int K, int activation)
 {
     /*
-     * logits (n, K) out;  h (2, n, Hp) scratch
+     * logits (n, K) out;  h (2, n, Hp), masks (T, n) (NULL if D is over
+     * FR_MASK_FEATURES), ks (D,), wide (n, Kp) scratch
      * x (n, T, D) with sample_stride and step_stride elements between samples and
      * between steps, features contiguous
      */
@@ -1125,11 +1349,88 @@ static int predict_chunk(float *logits, float *h, const float *x,
 
     /* Only two hidden states are kept, so memory does not grow with T; each
      * step's input rows are read where they lie, without a transposed copy. */
-    finite = samples_finite(x, sample_stride, step_stride, n, T, D);
-    h_last = tiled_rnn_forward(h, x, sample_stride, step_stride, p, n, T, D, H,
-                               activation, 0);
-    fill_rows(logits, c, n, K);
-    gemm_rm(sgemm, 0, 0, n, K, H, h_last, padded(H), V, K, 1.0f, logits, K);
+    finite = scan_inputs(masks, x, sample_stride, step_stride, n, T, D);
+    h_last = tiled_rnn_forward(h, x, sample_stride, step_stride, masks, ks, p, n, T,
+                               D, H, activation, 0);
+    tiled_dense_forward(logits, wide, h_last, dense, n, H, K);
+    return finite;
+}
+
+/*
+ * The chunks of predict and evaluate, spread over the threads.  With y NULL
+ * the logits of every sample go to logits (B, K); otherwise logits is unused
+ * and chunk k's summed softmax cross-entropy against y (B, K) and its count of
+ * correct rows go to chunk_loss[k] and chunk_correct[k].  Arguments and
+ * result as for fr_rnn_dense_predict.
+ */
+static int run_chunks(float *logits, double *chunk_loss, int *chunk_correct,
+                      const float *y, const float *x, const float *W,
+                      const float *U, const float *b, const float *V, const float *c,
+                      ptrdiff_t sample_stride, ptrdiff_t step_stride, int B, int T,
+                      int D, int H, int K, int chunk, int activation)
+{
+    const int chunks = B > 0 ? (B - 1) / chunk + 1 : 0;
+    const int threads = team_size(chunks);
+    const ptrdiff_t states = 2 * aligned_size((ptrdiff_t)chunk * padded(H));
+    /* per thread, after the states: the chunk's zero masks (2 floats each),
+     * the term list of a tile, and for evaluate the chunk's logits and
+     * probabilities */
+    const ptrdiff_t mask_floats =
+        D <= FR_MASK_FEATURES ? aligned_size(2 * (ptrdiff_t)T * chunk) : 0;
+    const ptrdiff_t list_floats = aligned_size(D);
+    const ptrdiff_t wide_floats = aligned_size((ptrdiff_t)chunk * padded(K));
+    const ptrdiff_t row_floats = y != NULL ? aligned_size((ptrdiff_t)chunk * K) : 0;
+    const ptrdiff_t own =
+        states + mask_floats + list_floats + wide_floats + 2 * row_floats;
+    float *shared = malloc(
+        (size_t)(FR_ALIGN_FLOATS + packed_rnn_size(D, H) + packed_dense_size(H, K)) *
+        sizeof(float));
+    struct fr_packed_rnn packed;
+    struct fr_packed_dense dense;
+    float *cursor = align_floats(shared);
+    int finite = 1, failed = shared == NULL;
+
+    if (failed)
+        return -1;
+    packed = pack_rnn(&cursor, W, U, b, D, H, 0);
+    dense = pack_dense(&cursor, V, c, H, K, 0);
+
+#pragma omp parallel num_threads(threads) if (threads > 1) \
+    reduction(&& : finite) reduction(|| : failed)
+    {
+        float *mine = malloc((size_t)(FR_ALIGN_FLOATS + own) * sizeof(float));
+        float *h = mine == NULL ? NULL : align_floats(mine);
+        uint64_t *masks = h != NULL && mask_floats ? (uint64_t *)(h + states) : NULL;
+        int *ks = h != NULL ? (int *)(h + states + mask_floats) : NULL;
+        float *wide = h != NULL ? h + states + mask_floats + list_floats : NULL;
+        float *rows = h != NULL ? wide + wide_floats : NULL;
+
+        failed = h == NULL;
+#pragma omp for schedule(dynamic)
+        for (int k = 0; k < chunks; k++) {
+            const int start = k * chunk;
+            const int n = B - start < chunk ? B - start : chunk;
+            float *out = y != NULL ? rows : logits + (ptrdiff_t)start * K;
+
+            if (h == NULL)
+                continue;
+            finite = predict_chunk(out, h, masks, ks, wide, x + start * sample_stride,
+                                   &packed, &dense, sample_stride, step_stride, n, T,
+                                   D, H, K, activation) &&
+                     finite;
+            if (y != NULL) {
+                /* as the train step scores its parts */
+                const float *y_chunk = y + (ptrdiff_t)start * K;
+                float *probs = rows + row_floats;
+                chunk_loss[k] = fr_softmax_xent_forward(probs, out, y_chunk, n, K) * n;
+                chunk_correct[k] = count_correct(probs, y_chunk, n, K);
+            }
+        }
+        free(mine);
+    }
+    free(shared);
+    if (failed)
+        return -1;
     return finite;
 }
 
@@ -1137,7 +1438,7 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
                          const float *U, const float *b, const float *V,
                          const float *c, ptrdiff_t sample_stride,
                          ptrdiff_t step_stride, int B, int T, int D, int H, int K,
-                         int chunk, int activation, fr_sgemm_fn sgemm)
+                         int chunk, int activation)
 {
     /*
      * logits (B, K) out
@@ -1150,46 +1451,44 @@ int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
      * Returns 1 if every input value is finite, 0 if not (the logits are then
      * computed all the same), -1 if scratch memory could not be allocated.
      */
+    return run_chunks(logits, NULL, NULL, NULL, x, W, U, b, V, c, sample_stride,
+                      step_stride, B, T, D, H, K, chunk, activation);
+}
+
+int fr_rnn_dense_xent_evaluate(double *loss_sum, int *correct, const float *x,
+                               const float *y, const float *W, const float *U,
+                               const float *b, const float *V, const float *c,
+                               ptrdiff_t sample_stride, ptrdiff_t step_stride, int B,
+                               int T, int D, int H, int K, int chunk, int activation)
+{
+    /*
+     * loss_sum  out: the sum over samples of the softmax cross-entropy of the
+     *           logits against y (the mean is loss_sum / B)
+     * correct   out: samples whose first largest logit is at y's first maximum
+     * y (B, K)  target distributions;  the rest as for fr_rnn_dense_predict
+     *
+     * Chunk results are summed in chunk order, so they do not depend on the
+     * threads.  Returns as fr_rnn_dense_predict.
+     */
     const int chunks = B > 0 ? (B - 1) / chunk + 1 : 0;
-    const int threads = team_size(chunks);
-    const ptrdiff_t states = 2 * aligned_size((ptrdiff_t)chunk * padded(H));
-    float *shared = malloc((size_t)(FR_ALIGN_FLOATS + packed_rnn_size(D, H)) *
-                           sizeof(float));
-    struct fr_packed_rnn packed;
-    float *cursor = align_floats(shared);
-    int finite = 1, failed = shared == NULL;
+    double *chunk_loss = malloc((size_t)(chunks > 0 ? chunks : 1) * sizeof(double));
+    int *chunk_correct = malloc((size_t)(chunks > 0 ? chunks : 1) * sizeof(int));
+    int result = -1;
 
-    if (failed)
-        return -1;
-    packed = pack_rnn(&cursor, W, U, b, D, H, 0);
-
-#pragma omp parallel num_threads(threads) if (threads > 1) \
-    reduction(&& : finite) reduction(|| : failed)
-    {
-        /* one pair of hidden states per thread */
-        float *mine = malloc((size_t)(FR_ALIGN_FLOATS + states) * sizeof(float));
-        float *h = mine == NULL ? NULL : align_floats(mine);
-
-        failed = h == NULL;
-#pragma omp for schedule(dynamic)
-        for (int k = 0; k < chunks; k++) {
-            const int start = k * chunk;
-            const int n = B - start < chunk ? B - start : chunk;
-
-            if (h == NULL)
-                continue;
-            finite = predict_chunk(logits + (ptrdiff_t)start * K, h,
-                                   x + start * sample_stride, &packed, V, c,
-                                   sample_stride, step_stride, n, T, D, H, K,
-                                   activation, sgemm) &&
-                     finite;
+    *loss_sum = 0.0;
+    *correct = 0;
+    if (chunk_loss != NULL && chunk_correct != NULL) {
+        result = run_chunks(NULL, chunk_loss, chunk_correct, y, x, W, U, b, V, c,
+                            sample_stride, step_stride, B, T, D, H, K, chunk,
+                            activation);
+        for (int k = 0; result >= 0 && k < chunks; k++) {
+            *loss_sum += chunk_loss[k];
+            *correct += chunk_correct[k];
         }
-        free(mine);
     }
-    free(shared);
-    if (failed)
-        return -1;
-    return finite;
+    free(chunk_loss);
+    free(chunk_correct);
+    return result;
 }
 
 int fr_max_threads(void)

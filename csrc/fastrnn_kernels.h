@@ -4,16 +4,18 @@
  * They mirror fastrnn/backends/numba_kernels.py, which states the recurrence
  * and the conventions: float32 C-contiguous arrays, results written into the
  * arrays given, outputs first, then inputs and saved state, then sizes and
- * flags.  Sequences are time-major, (T, B, .).  Nothing here validates; the
- * Cython wrapper checks shapes before calling in.
+ * flags.  Sequences are time-major, (T, B, .), except the inputs of the fused
+ * train step and of predict, which are read where they lie (batch-major, as
+ * the user holds them) and checked for finiteness there.  Nothing else here
+ * validates; the Cython wrapper checks shapes before calling in.
  *
  * Shape letters: B batch, T time steps, D input features, H hidden units,
  * K output units, N rows of a 2-D product, P parameters, M elements.
  *
  * The per-layer kernels send their matrix products to a Fortran BLAS sgemm
  * handed in by the caller (SciPy's Cython BLAS), so this file links against no
- * BLAS of its own.  The fused train step and predict instead run the
- * recurrence on register tiles of their own (see fastrnn_kernels.c): at the
+ * BLAS of its own.  The fused train step, predict and evaluate instead run
+ * every product on register tiles of their own (see fastrnn_kernels.c): at the
  * MNIST shapes (B=50, T=28, D=28, H=50) OpenBLAS spends as long packing each
  * step's small operands as multiplying them.
  */
@@ -83,20 +85,29 @@ void fr_rmsprop_update(float *w, const float *g, float *velocity, ptrdiff_t P,
 /* the whole train step of SimpleRNN -> Dense -> softmax cross-entropy */
 ptrdiff_t fr_train_scratch_size(int T, int rows, int D, int H, int K);
 double fr_rnn_dense_xent_train_step(
-    int *correct, float *params, float *grads, float *state_1, float *state_2,
-    float *scratch, float *part_grads, double *part_loss, int *part_correct,
-    const float *x_tm, const float *y, const int64_t *bounds, const float *W,
+    int *correct, int *inputs_finite, float *params, float *grads, float *state_1,
+    float *state_2, float *scratch, float *part_grads, double *part_loss,
+    int *part_correct, const float *x, ptrdiff_t sample_stride,
+    ptrdiff_t step_stride, const float *y, const int64_t *bounds, const float *W,
     const float *U, const float *b, const float *V, const float *c, float *dW,
     float *dU, float *db, float *dV, float *dc, ptrdiff_t P, ptrdiff_t scratch_row,
     int parts, int T, int B, int D, int H, int K, int activation, int optimizer,
-    const double *hyper, int threads, fr_sgemm_fn sgemm);
+    const double *hyper, int threads);
 
 /* inference of SimpleRNN -> Dense on many samples */
 int fr_rnn_dense_predict(float *logits, const float *x, const float *W,
                          const float *U, const float *b, const float *V,
                          const float *c, ptrdiff_t sample_stride,
                          ptrdiff_t step_stride, int B, int T, int D, int H, int K,
-                         int chunk, int activation, fr_sgemm_fn sgemm);
+                         int chunk, int activation);
+
+/* loss summed over samples and count of correct samples of SimpleRNN -> Dense
+ * -> softmax cross-entropy, without keeping the logits */
+int fr_rnn_dense_xent_evaluate(double *loss_sum, int *correct, const float *x,
+                               const float *y, const float *W, const float *U,
+                               const float *b, const float *V, const float *c,
+                               ptrdiff_t sample_stride, ptrdiff_t step_stride, int B,
+                               int T, int D, int H, int K, int chunk, int activation);
 
 /* threads the parallel kernels may use: 1 when built without OpenMP */
 int fr_max_threads(void);

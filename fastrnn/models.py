@@ -37,49 +37,83 @@ _MIN_ROWS_PER_PART = 16
 class _ThreadChooser:
     """Runs the parts of the fused train step on one core or on all, by timing.
 
-    On an idle two-core machine two threads make a MNIST-sized step about 1.5
-    times faster; when another process holds a core, the thread that waits for
-    it makes the step many times slower.  So both ways are timed as training
-    goes: each is tried a few times, the faster of the recent medians is used,
-    and the other is tried again every ``REPROBE`` steps.  Both give the same
-    numbers, so the choice only affects speed.
+    On an idle two-core machine two threads make a MNIST-sized step about twice
+    as fast; when another process holds a core, the thread that waits for it
+    makes the step many times slower.  So both ways are timed as training goes:
+    the way in use is timed on every step, and now and then the other way is
+    tried for a short burst of steps.  The first step of a burst is not timed,
+    since it pays for waking threads that have gone to sleep.  A burst that
+    loses makes the next one come later (a busy machine stays busy), one that
+    wins is kept.  Both ways give the same numbers, so the choice only affects
+    speed.
     """
 
-    SAMPLES = 9
-    REPROBE = 200
+    SAMPLES = 7
+    BURST = 4
+    FIRST_PROBE = 64
+    MAX_INTERVAL = 4096
 
     def __init__(self, cores):
         self.options = (1, cores) if cores > 1 else (1,)
         self.times = {threads: [] for threads in self.options}
-        self.medians = {}
-        self.steps = 0
-        # Set by record once every option has been timed three times.  choose
-        # runs on every step, so the medians are compared when a time changes,
-        # not when it is read.
-        self._fastest = self._slowest = None
+        self.current = self.options[-1]
+        self.interval = self.FIRST_PROBE
+        # The first burst follows a warm-up step and a burst's worth of timed
+        # steps of the first option.
+        self.countdown = self.BURST + 1
+        # Steps left in a burst of the other option, and whether this step's
+        # time counts.
+        self.burst = 0
+        self._timed = True
+        # Each option's first step is a warm-up too (threads start, caches fill).
+        self._warm = set()
 
     def choose(self):
-        self.steps += 1
-        if self._fastest is None:
-            for threads in self.options:
-                if len(self.times[threads]) < 3:
-                    return threads
-        if self.steps % self.REPROBE == 0:
-            return self._slowest
-        return self._fastest
+        """Threads for the next step."""
+        if self.burst == 0 and len(self.options) > 1:
+            self.countdown -= 1
+            if self.countdown <= 0:
+                self.burst = self.BURST
+                self.times[self._other()] = []
+        if self.burst > 0:
+            self.burst -= 1
+            threads = self._other()
+            self._timed = self.burst < self.BURST - 1
+        else:
+            threads = self.current
+            self._timed = threads in self._warm
+        self._warm.add(threads)
+        return threads
 
     def record(self, threads, seconds):
+        """Time of the step run on ``threads`` (as ``choose`` returned)."""
+        if not self._timed:
+            return
         times = self.times[threads]
         times.append(seconds)
         if len(times) > self.SAMPLES:
             del times[0]
-        self.medians[threads] = sorted(times)[len(times) // 2]
-        if self._fastest is not None or all(
-            len(self.times[option]) >= 3 for option in self.options
+        if threads != self.current and self.burst == 0:
+            self._end_burst()
+
+    def _other(self):
+        return self.options[0] if self.current != self.options[0] else self.options[-1]
+
+    def _end_burst(self):
+        other = self._other()
+        if not self.times[self.current] or _median(self.times[other]) < _median(
+            self.times[self.current]
         ):
-            # On ties both pick the first option, one thread.
-            self._fastest = min(self.options, key=self.medians.__getitem__)
-            self._slowest = max(self.options, key=self.medians.__getitem__)
+            self.current = other
+            self.interval = self.FIRST_PROBE
+        else:
+            self.interval = min(2 * self.interval, self.MAX_INTERVAL)
+        self.countdown = self.interval
+
+
+def _median(values):
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 _ACCURACY_NAMES = (
@@ -686,9 +720,7 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x = self._check_x(x)
         y = self._check_y(y, x)
-        loss, accuracy, _ = self._train_converted(
-            self._convert_x(x), self._convert_y(y, x.shape[0])
-        )
+        loss, accuracy, _ = self._train_batch(x, self._convert_y(y, x.shape[0]))
         return self._results(loss, accuracy, return_dict)
 
     def _fused_layers(self):
@@ -736,8 +768,21 @@ class Sequential:
             self._thread_chooser = None
         return cached
 
-    def _train_fused(self, rnn, dense, inputs, targets):
-        T, B, D = inputs.shape
+    def _fused_input(self, x):
+        """x (B, T, D) as the fused train step reads it: float32, C order.
+
+        Such an x is used where it lies; any other is converted into a buffer.
+        Its values are checked inside the kernel.
+        """
+        if x.dtype == np.float32 and x.flags.c_contiguous:
+            return x
+        out = self._buffers.get("fused x", x.shape)
+        convert.sequence_to_float32(out, x)
+        return out
+
+    def _train_fused(self, rnn, dense, x, targets):
+        inputs = self._fused_input(x)
+        B, T, D = inputs.shape
         H, K = rnn.units, dense.units
         scratch, part_grads, bounds = self._fused_buffers(T, B, D, H, K)
         optimizer = self.optimizer
@@ -753,30 +798,36 @@ class Sequential:
             self._thread_chooser = _ThreadChooser(min(cores, len(bounds) - 1))
         threads = self._thread_chooser.choose()
         started = time.perf_counter()
-        loss, correct = kernels().rnn_dense_xent_train_step(
+        loss, correct, inputs_finite = kernels().rnn_dense_xent_train_step(
             self._params, self._grads, state_1, state_2, scratch, part_grads,
             inputs, targets, bounds,
             W, U, b, V, c, dW, dU, db, dV, dc,
             rnn.activation_code, code, hyper, threads,
         )  # fmt: skip
         self._thread_chooser.record(threads, time.perf_counter() - started)
+        if not inputs_finite:
+            _reject_non_finite(x, "x")
+            raise ValueError("x contains NaN or infinite values")
         accuracy = correct / B if self._accuracy_name is not None else None
         return loss, accuracy
 
-    def _train_converted(self, inputs, targets):
-        """One step on converted arrays: returns (loss, accuracy, updated).
+    def _train_batch(self, x, targets):
+        """One step on a checked batch x and converted targets.
 
-        The step is undone, with a warning, if the loss is not finite or if the
-        update leaves a weight that is not (an overflow); the weights then keep
-        their last finite values and ``updated`` is False.
+        Returns (loss, accuracy, updated).  The step is undone, with a warning,
+        if the loss is not finite or if the update leaves a weight that is not
+        (an overflow); the weights then keep their last finite values and
+        ``updated`` is False.
         """
         optimizer = self.optimizer
-        optimizer.checkpoint(self._params)
         fused = self._fused_layers()
+        optimizer.checkpoint(self._params)
         if fused is not None:
-            loss, accuracy = self._train_fused(*fused, inputs, targets)
+            loss, accuracy = self._train_fused(*fused, x, targets)
         else:
-            loss, accuracy, _ = self._loss_on_batch(inputs, targets, need_gradient=True)
+            loss, accuracy, _ = self._loss_on_batch(
+                self._convert_x(x), targets, need_gradient=True
+            )
             if math.isfinite(loss):
                 if optimizer.clipnorm is not None or optimizer.clipvalue is not None:
                     gradients = [g for layer in self.layers for g in layer.gradients]
@@ -874,7 +925,26 @@ class Sequential:
 
     def _evaluate_checked(self, x, y, batch_size):
         n = x.shape[0]
-        if self._inference_layers() is not None:
+        inference = self._inference_layers()
+        if (
+            inference is not None
+            and self._fuses_softmax()
+            and hasattr(kernels(), "rnn_dense_xent_evaluate")
+        ):
+            # Loss and accuracy are summed chunk by chunk inside the kernel, on
+            # every core, without keeping the logits.
+            rnn, dense, _ = inference
+            _threads.use_threads_for_batch(1)
+            loss_sum, correct, finite = kernels().rnn_dense_xent_evaluate(
+                x, self._convert_y(y, n), *rnn.kernel_arguments(),
+                *dense.kernel_arguments(), rnn.activation_code,
+            )  # fmt: skip
+            if not finite:
+                _reject_non_finite(x, "x")
+                raise ValueError("x contains NaN or infinite values")
+            accuracy = correct / n if self._accuracy_name is not None else None
+            return loss_sum / n, accuracy
+        if inference is not None:
             # Rows are independent, so one pass over all samples gives the same
             # sample-weighted mean as batch by batch, with bounded memory.
             out = self._inference_output(x, stop_at_logits=self._fuses_softmax())
@@ -1010,8 +1080,8 @@ class Sequential:
                         index = np.sort(order[index])
                     callback_list.on_train_batch_begin(step)
                     xb, yb = x[index], y[index]
-                    loss, accuracy, updated = self._train_converted(
-                        self._convert_x(xb), self._convert_y(yb, xb.shape[0])
+                    loss, accuracy, updated = self._train_batch(
+                        xb, self._convert_y(yb, xb.shape[0])
                     )
                     size = xb.shape[0]
                     if not updated:

@@ -10,8 +10,10 @@ skipped when the C extension is not built, except under
 import inspect
 import os
 
+import numba
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from fastrnn import backends
 from fastrnn._warnings import FastRNNWarning
@@ -463,9 +465,12 @@ def train_step_arguments(shape, bounds, activation, optimizer, poison=False, thr
     for view, value in zip(weights, (W, U, b, normal(rng, (H, K)), normal(rng, K))):
         view[...] = value
     gradients = [grads[a:z].reshape(s) for a, z, s in zip(offsets, offsets[1:], layout)]
-    x_tm = normal(rng, (T, B, D))
-    if poison:
-        x_tm[0, 0, 0] = np.nan
+    x = normal(rng, (B, T, D))
+    if poison == "x":
+        x[B - 1, T - 1, D - 1] = np.inf
+    elif poison == "loss":
+        # finite inputs, but a weight that makes the loss NaN
+        weights[3][0, 0] = np.inf
     code, values = OPTIMIZER_CASES[optimizer]
     hyper = np.zeros(4)
     hyper[: len(values)] = values
@@ -476,7 +481,7 @@ def train_step_arguments(shape, bounds, activation, optimizer, poison=False, thr
     return (
         params, grads, np.zeros(params.size, np.float32),
         np.zeros(params.size, np.float32), scratch, nans((parts, offsets[-1])),
-        x_tm, targets_for(rng, B, K, "onehot"), bounds,
+        x, targets_for(rng, B, K, "onehot"), bounds,
         *weights, *gradients, activation, code, hyper, threads,
     )  # fmt: skip
 
@@ -488,8 +493,9 @@ def train_step_arguments(shape, bounds, activation, optimizer, poison=False, thr
 def test_rnn_dense_xent_train_step(shape, bounds, activation, optimizer):
     ref = train_step_arguments(shape, bounds, activation, optimizer)
     c = train_step_arguments(shape, bounds, activation, optimizer)
-    ref_loss, ref_correct = nk.rnn_dense_xent_train_step(*ref)
-    c_loss, c_correct = ck.rnn_dense_xent_train_step(*c)
+    ref_loss, ref_correct, ref_finite = nk.rnn_dense_xent_train_step(*ref)
+    c_loss, c_correct, c_finite = ck.rnn_dense_xent_train_step(*c)
+    assert ref_finite and c_finite
     assert np.isfinite(ref_loss)
     assert type(c_loss) is float
     assert c_loss == pytest.approx(ref_loss, rel=TOL, abs=TOL)
@@ -502,8 +508,8 @@ def test_rnn_dense_xent_train_step(shape, bounds, activation, optimizer):
     # normalisation magnifies where a gradient is near 0: only the loss is held
     # to the tolerance of one call.
     for _ in range(2):
-        ref_loss, _ = nk.rnn_dense_xent_train_step(*ref)
-        c_loss, _ = ck.rnn_dense_xent_train_step(*c)
+        ref_loss = nk.rnn_dense_xent_train_step(*ref)[0]
+        c_loss = ck.rnn_dense_xent_train_step(*c)[0]
         assert c_loss == pytest.approx(ref_loss, rel=TOL, abs=TOL)
 
 
@@ -512,8 +518,8 @@ def test_rnn_dense_xent_train_step_does_not_depend_on_the_split():
     # The parts' weighted gradients sum to those of the whole batch.
     whole = train_step_arguments((7, 4, 3, 5, 3), [0, 7], nk.TANH, "sgd")
     split = train_step_arguments((7, 4, 3, 5, 3), [0, 3, 7], nk.TANH, "sgd")
-    whole_loss, whole_correct = ck.rnn_dense_xent_train_step(*whole)
-    split_loss, split_correct = ck.rnn_dense_xent_train_step(*split)
+    whole_loss, whole_correct, _ = ck.rnn_dense_xent_train_step(*whole)
+    split_loss, split_correct, _ = ck.rnn_dense_xent_train_step(*split)
     assert split_loss == pytest.approx(whole_loss, rel=TOL, abs=TOL)
     assert split_correct == whole_correct
     agree(split[1], whole[1])
@@ -530,19 +536,28 @@ def test_rnn_dense_xent_train_step_gives_the_same_bits_on_any_thread_count(modul
         arguments = train_step_arguments(
             (50, 6, 5, 7, 4), [0, 25, 50], nk.TANH, "adam", threads=threads
         )
-        loss, correct = kernels.rnn_dense_xent_train_step(*arguments)
+        loss, correct, _ = kernels.rnn_dense_xent_train_step(*arguments)
         runs.append((loss, correct, arguments[0].copy()))
     for loss, correct, params in runs[1:]:
         assert (loss, correct) == runs[0][:2]
         np.testing.assert_array_equal(params, runs[0][2])
 
 
-@needs_c
-def test_rnn_dense_xent_train_step_skips_the_update_on_a_non_finite_loss():
-    c = train_step_arguments((3, 4, 2, 5, 3), [0, 1, 3], nk.TANH, "adam", poison=True)
+@pytest.mark.parametrize("module", ["numba", "cython"])
+@pytest.mark.parametrize("poison", ["loss", "x"])
+def test_rnn_dense_xent_train_step_skips_the_update_on_non_finite_values(
+    module, poison
+):
+    # An infinite input is reported and nothing is computed; with finite inputs
+    # a loss that is not finite skips the update.
+    if module == "cython" and ck is None:
+        pytest.skip("the C backend is not built")
+    kernels = nk if module == "numba" else ck
+    c = train_step_arguments((3, 4, 2, 5, 3), [0, 1, 3], nk.RELU, "adam", poison=poison)
     params = c[0].copy()
-    loss, _ = ck.rnn_dense_xent_train_step(*c)
-    assert np.isnan(loss)
+    loss, _, inputs_finite = kernels.rnn_dense_xent_train_step(*c)
+    assert inputs_finite == (poison == "loss")
+    assert not np.isfinite(loss)
     np.testing.assert_array_equal(c[0], params)
     assert np.isnan(c[1]).all()
     np.testing.assert_array_equal(c[2], 0.0)
@@ -668,14 +683,21 @@ NON_FINITE_CASES = [
 ] + [(1e39, "float64")]
 
 
-@needs_c
-@pytest.mark.parametrize("value, layout", NON_FINITE_CASES, ids=str)
-def test_rnn_dense_predict_reports_non_finite_input(value, layout):
+def poisoned_case(value, layout, seed):
+    """Weights and an x of two chunks with `value` in the second-last sample."""
     B, T, D, H, K = nk.PREDICT_CHUNK + 45, 4, 3, 5, 2
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     weights = predict_weights(rng, D, H, K)
     x = layouts(normal(rng, (B, T, D)))[layout]
     x[B - 2, T - 1, D - 1] = value
+    return rng, weights, x
+
+
+@needs_c
+@pytest.mark.parametrize("value, layout", NON_FINITE_CASES, ids=str)
+def test_rnn_dense_predict_reports_non_finite_input(value, layout):
+    _, weights, x = poisoned_case(value, layout, seed=4)
+    B = x.shape[0]
     ref, c, ref_finite, c_finite = predict_on_both(x, weights, nk.TANH)
     assert not ref_finite
     assert c_finite is False
@@ -699,6 +721,89 @@ def test_rnn_dense_predict_rejects_shapes_that_do_not_agree():
         ck.rnn_dense_predict(nans((5, 2)), np.zeros((5, 2, 4)), *weights, nk.TANH)
     with pytest.raises(ValueError, match="\\(B, T, D\\)"):
         ck.rnn_dense_predict(nans((5, 2)), np.zeros((5, 3)), *weights, nk.TANH)
+
+
+def evaluate_targets(rng, B, K):
+    """One-hot rows, and a few soft ones, as the models pass them."""
+    y = np.eye(K, dtype=np.float32)[rng.integers(0, K, B)]
+    y[: B // 3] = rng.dirichlet(np.ones(K), B // 3).astype(np.float32)
+    return y
+
+
+def softmax_xent_reference(logits, y):
+    """Summed cross-entropy and argmax hits of float64 logits."""
+    z = logits.astype(np.float64)
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    hits = np.argmax(z, axis=1) == np.argmax(y, axis=1)
+    return -(y * log_p).sum(), int(hits.sum())
+
+
+@pytest.mark.parametrize("layout", ["float32", "float64", "time_major_view"])
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
+@pytest.mark.parametrize("shape", PREDICT_SHAPES, ids=PREDICT_IDS)
+def test_rnn_dense_xent_evaluate(shape, activation, layout):
+    # Both backends' sums agree with the loss of their own predicted logits.
+    B, T, D, H, K = shape
+    rng = np.random.default_rng(B + T + 1)
+    weights = predict_weights(rng, D, H, K)
+    x = layouts(normal(rng, (B, T, D)))[layout]
+    y = evaluate_targets(rng, B, K)
+    logits = nans((B, K))
+    assert nk.rnn_dense_predict(logits, x, *weights, activation)
+    want_loss, want_correct = softmax_xent_reference(logits, y)
+    for module in (nk, ck):
+        if module is None:
+            continue
+        loss_sum, correct, finite = module.rnn_dense_xent_evaluate(
+            x, y, *weights, activation
+        )
+        assert finite
+        assert loss_sum == pytest.approx(want_loss, rel=TOL, abs=TOL)
+        # A logit within rounding of the largest may win the argmax instead.
+        assert abs(correct - want_correct) <= 1
+
+
+@needs_c
+@pytest.mark.parametrize("value, layout", NON_FINITE_CASES, ids=str)
+def test_rnn_dense_xent_evaluate_reports_non_finite_input(value, layout):
+    rng, weights, x = poisoned_case(value, layout, seed=5)
+    y = evaluate_targets(rng, x.shape[0], weights[3].shape[1])
+    assert not nk.rnn_dense_xent_evaluate(x, y, *weights, nk.TANH)[2]
+    assert ck.rnn_dense_xent_evaluate(x, y, *weights, nk.TANH)[2] is False
+
+
+@pytest.mark.parametrize("module", ["numba", "cython"])
+def test_rnn_dense_xent_evaluate_gives_the_same_bits_on_any_thread_count(module):
+    if module == "cython" and ck is None:
+        pytest.skip("the C backend is not built")
+    kernels = nk if module == "numba" else ck
+    B, T, D, H, K = 3 * nk.PREDICT_CHUNK + 7, 5, 4, 6, 3
+    rng = np.random.default_rng(6)
+    weights = predict_weights(rng, D, H, K)
+    x, y = normal(rng, (B, T, D)), evaluate_targets(rng, B, K)
+    runs = []
+    for threads in (1, 2):
+        previous = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            with threadpool_limits(threads, user_api="openmp"):
+                runs.append(kernels.rnn_dense_xent_evaluate(x, y, *weights, nk.TANH))
+        finally:
+            numba.set_num_threads(previous)
+    assert runs[0] == runs[1]
+
+
+@needs_c
+def test_rnn_dense_xent_evaluate_of_no_samples_and_bad_shapes():
+    weights = predict_weights(np.random.default_rng(0), 3, 4, 2)
+    assert ck.rnn_dense_xent_evaluate(
+        np.zeros((0, 5, 3)), nans((0, 2)), *weights, nk.TANH
+    ) == (0.0, 0, True)
+    with pytest.raises(ValueError, match="rnn_dense_xent_evaluate.*y \\(4, 2\\)"):
+        ck.rnn_dense_xent_evaluate(np.zeros((5, 2, 3)), nans((4, 2)), *weights, nk.TANH)
+    with pytest.raises(ValueError, match="rnn_dense_xent_evaluate"):
+        ck.rnn_dense_xent_evaluate(np.zeros((5, 2, 4)), nans((5, 2)), *weights, nk.TANH)
 
 
 # --------------------------------------------------------------------------

@@ -535,9 +535,9 @@ def test_rnn_dense_xent_train_step(kernels, case, name, optimizer):
         params_before = params.astype(np.float64)
         state_before = [s.astype(np.float64) for s in state]
 
-        loss, correct = kernels.rnn_dense_xent_train_step(
+        loss, correct, inputs_finite = kernels.rnn_dense_xent_train_step(
             params, grads, state[0], state[-1], nan_array((parts, scratch_size)),
-            nan_array((parts, params.size)), x_tm, y, bounds,
+            nan_array((parts, params.size)), x.astype(F32), y, bounds,
             *views, *dviews, twin.ACTIVATION_CODES[name], code,
             fused_hyper(code, learning_rate, t, options), parts,
         )  # fmt: skip
@@ -547,6 +547,7 @@ def test_rnn_dense_xent_train_step(kernels, case, name, optimizer):
             before, x, y, name
         )
         probabilities, _ = twin.model_output_rows(before, x, name)
+        assert inputs_finite
         assert loss == pytest.approx(expected_loss, rel=RTOL), t
         assert correct == int(np.sum(probabilities.argmax(axis=1) == labels)), t
 

@@ -35,7 +35,11 @@ KERNEL_NAMES = (
 
 # Kernels a backend may provide.  Models use them when the backend has them
 # (``hasattr``) and otherwise run the per-layer kernels of ``KERNEL_NAMES``.
-OPTIONAL_KERNEL_NAMES = ("rnn_dense_xent_train_step", "rnn_dense_predict")
+OPTIONAL_KERNEL_NAMES = (
+    "rnn_dense_xent_train_step",
+    "rnn_dense_predict",
+    "rnn_dense_xent_evaluate",
+)
 
 _MODULES = {
     "numba": "fastrnn.backends.numba_kernels",

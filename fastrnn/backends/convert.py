@@ -30,6 +30,20 @@ def sequence_to_time_major(x_tm, x):
 
 
 @kernel
+def sequence_to_float32(out, x):
+    """out[b, t, d] = float32(x[b, t, d]), unchecked.  out, x (B, T, D).
+
+    x may have any real dtype and layout; the kernels that read out check its
+    values themselves.
+    """
+    B, T, D = x.shape
+    for b in range(B):
+        for t in range(T):
+            for d in range(D):
+                out[b, t, d] = np.float32(x[b, t, d])
+
+
+@kernel
 def matrix_to_float32(out, x):
     """out = float32(x); returns False if any value is not finite.  (N, F)."""
     N, F = x.shape

@@ -60,21 +60,28 @@ cdef extern from "fastrnn_kernels.h" nogil:
 
     Py_ssize_t fr_train_scratch_size(int T, int rows, int D, int H, int K)
     double fr_rnn_dense_xent_train_step(
-        int *correct, float *params, float *grads, float *state_1, float *state_2,
-        float *scratch, float *part_grads, double *part_loss, int *part_correct,
-        const float *x_tm, const float *y, const int64_t *bounds, const float *W,
+        int *correct, int *inputs_finite, float *params, float *grads,
+        float *state_1, float *state_2, float *scratch, float *part_grads,
+        double *part_loss, int *part_correct, const float *x,
+        Py_ssize_t sample_stride, Py_ssize_t step_stride, const float *y, const int64_t *bounds, const float *W,
         const float *U, const float *b, const float *V, const float *c, float *dW,
         float *dU, float *db, float *dV, float *dc, Py_ssize_t P,
         Py_ssize_t scratch_row, int parts, int T, int B, int D, int H, int K,
-        int activation, int optimizer, const double *hyper, int threads,
-        fr_sgemm_fn sgemm
+        int activation, int optimizer, const double *hyper, int threads
     )
 
     int fr_rnn_dense_predict(
         float *logits, const float *x, const float *W, const float *U,
         const float *b, const float *V, const float *c, Py_ssize_t sample_stride,
         Py_ssize_t step_stride, int B, int T, int D, int H, int K, int chunk,
-        int activation, fr_sgemm_fn sgemm
+        int activation
+    )
+
+    int fr_rnn_dense_xent_evaluate(
+        double *loss_sum, int *correct, const float *x, const float *y,
+        const float *W, const float *U, const float *b, const float *V,
+        const float *c, Py_ssize_t sample_stride, Py_ssize_t step_stride, int B,
+        int T, int D, int H, int K, int chunk, int activation
     )
 
     int fr_max_threads()

@@ -6,10 +6,11 @@ conventions.
 
 Each function checks that the shapes of its arrays agree and then calls C
 without the GIL.  The check is the one thing added here: where a Numba product
-raises on a bad shape, C would read or write out of bounds.  The matrix
-products run through SciPy's BLAS, handed to C as a function pointer.  The
-fused train step and predict spread their work over OpenMP threads when the
-extension was built with OpenMP.
+raises on a bad shape, C would read or write out of bounds.  The per-layer
+kernels' matrix products run through SciPy's BLAS, handed to C as a function
+pointer; the fused train step, predict and evaluate use register tiles of
+their own and spread their work over OpenMP threads when the extension was
+built with OpenMP.
 """
 
 import numpy as np
@@ -25,6 +26,10 @@ from fastrnn.backends.numba_kernels import PREDICT_CHUNK
 LINEAR, TANH, RELU, SIGMOID = 0, 1, 2, 3
 
 cdef fr_sgemm_fn _sgemm = <fr_sgemm_fn>sgemm
+
+# Parts of a fused train step whose results fit in arrays on the stack.
+cdef enum:
+    STACK_PARTS = 16
 
 
 cdef inline int _dim(Py_ssize_t n) except -1:
@@ -354,7 +359,7 @@ def rnn_dense_xent_train_step(
     float[::1] state_2,
     float[:, ::1] scratch,
     float[:, ::1] part_grads,
-    const float[:, :, ::1] x_tm,
+    const float[:, :, ::1] x,
     const float[:, ::1] y,
     const int64_t[::1] bounds,
     const float[:, ::1] W,
@@ -378,26 +383,27 @@ def rnn_dense_xent_train_step(
     flat params (P,), dW, dU, db, dV, dc of grads (P,) (or of other memory for
     an absent bias); state_1, state_2 (P,) the optimizer state; scratch (S, at
     least ``train_scratch_size(T, largest part, D, H, K)``) and part_grads
-    (S, D H + H H + H + H K + K) one row per part; x_tm (T, B, D); y (B, K);
-    bounds (S + 1,) int64, part s holding batch rows bounds[s] to bounds[s + 1].
-    hyper (float64) holds the optimizer's hyperparameters, see
-    ``optimizer_update`` of the Numba twin.  The parts run on up to ``threads``
-    OpenMP threads; the result does not depend on how many.
+    (S, D H + H H + H + H K + K) one row per part; x (B, T, D), batch-major,
+    read in place; y (B, K); bounds (S + 1,) int64, part s holding batch rows
+    bounds[s] to bounds[s + 1].  hyper (float64) holds the optimizer's
+    hyperparameters, see ``optimizer_update`` of the Numba twin.  The parts run
+    on up to ``threads`` OpenMP threads; the result does not depend on how many.
 
-    Returns (mean loss, number of correct rows).  A loss that is not finite
-    leaves params and the optimizer state untouched.
+    Returns (mean loss, number of correct rows, inputs finite).  If x holds a
+    value that is not finite, or the loss is not finite, params and the
+    optimizer state are left untouched.
     """
-    cdef int T = _dim(x_tm.shape[0]), B = _dim(x_tm.shape[1])
-    cdef int D = _dim(x_tm.shape[2]), H = _dim(W.shape[1]), K = _dim(V.shape[1])
+    cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1])
+    cdef int D = _dim(x.shape[2]), H = _dim(W.shape[1]), K = _dim(V.shape[1])
     cdef int parts = _dim(bounds.shape[0] - 1) if bounds.shape[0] > 0 else 0
     cdef Py_ssize_t P = params.shape[0]
     cdef Py_ssize_t G = D * H + H * H + H + H * K + K
     cdef Py_ssize_t rows = 0
-    cdef int correct, part
+    cdef int correct, inputs_finite, part
     cdef double loss
     cdef double *part_loss
     cdef int *part_correct
-    _dim(x_tm.shape[0] * x_tm.shape[1])
+    _dim(x.shape[0] * x.shape[1])
     # Parts must lie inside the batch, in order: C trusts them as row offsets.
     cdef bint ordered = parts >= 1 and bounds[0] >= 0 and bounds[parts] <= B
     for part in range(parts):
@@ -420,27 +426,34 @@ def rnn_dense_xent_train_step(
         raise _mismatch(
             "rnn_dense_xent_train_step", params=params, grads=grads,
             state_1=state_1, state_2=state_2, scratch=scratch, part_grads=part_grads,
-            x_tm=x_tm, y=y, bounds=bounds, W=W, U=U, b=b, V=V, c=c, dW=dW, dU=dU,
+            x=x, y=y, bounds=bounds, W=W, U=U, b=b, V=V, c=c, dW=dW, dU=dU,
             db=db, dV=dV, dc=dc, hyper=hyper,
         )
-    part_loss = <double *>PyMem_Malloc(parts * sizeof(double))
-    part_correct = <int *>PyMem_Malloc(parts * sizeof(int))
+    # The parts' results: on the stack for the few parts the models use, so a
+    # training step allocates nothing.
+    cdef double few_losses[STACK_PARTS]
+    cdef int few_correct[STACK_PARTS]
+    part_loss, part_correct = few_losses, few_correct
+    if parts > STACK_PARTS:
+        part_loss = <double *>PyMem_Malloc(parts * sizeof(double))
+        part_correct = <int *>PyMem_Malloc(parts * sizeof(int))
     try:
         if part_loss == NULL or part_correct == NULL:
             raise MemoryError()
         with nogil:
             loss = fr_rnn_dense_xent_train_step(
-                &correct, &params[0], &grads[0], &state_1[0], &state_2[0],
-                &scratch[0, 0], &part_grads[0, 0], part_loss, part_correct,
-                &x_tm[0, 0, 0], &y[0, 0], &bounds[0], &W[0, 0], &U[0, 0], &b[0],
-                &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0], &db[0], &dV[0, 0], &dc[0],
-                P, scratch.shape[1], parts, T, B, D, H, K, activation, optimizer,
-                &hyper[0], threads, _sgemm,
+                &correct, &inputs_finite, &params[0], &grads[0], &state_1[0],
+                &state_2[0], &scratch[0, 0], &part_grads[0, 0], part_loss,
+                part_correct, &x[0, 0, 0], T * D, D, &y[0, 0], &bounds[0],
+                &W[0, 0], &U[0, 0], &b[0], &V[0, 0], &c[0], &dW[0, 0], &dU[0, 0],
+                &db[0], &dV[0, 0], &dc[0], P, scratch.shape[1], parts, T, B, D, H,
+                K, activation, optimizer, &hyper[0], threads,
             )
     finally:
-        PyMem_Free(part_loss)
-        PyMem_Free(part_correct)
-    return loss, correct
+        if parts > STACK_PARTS:
+            PyMem_Free(part_loss)
+            PyMem_Free(part_correct)
+    return loss, correct, bool(inputs_finite)
 
 
 # --------------------------------------------------------------------------
@@ -456,8 +469,8 @@ def _readable_in_place(x):
     sample, step, feature = (s // 4 for s in x.strides)
     if any(s % 4 for s in x.strides) or (D > 1 and feature != 1):
         return None
-    # A stride along an axis of length 1 is never followed; BLAS still wants
-    # the distance between rows to cover a row.
+    # A stride along an axis of length 1 is never followed; it is set to one
+    # that covers a row, as the kernels expect of every stride.
     sample = max(D, 1) if B == 1 else sample
     step = 0 if T == 1 else step
     if sample < max(D, 1) or sample > INT_MAX or step < 0:
@@ -486,39 +499,94 @@ def rnn_dense_predict(
     whatever B is.  Returns False if x holds a value that is not finite in
     float32.
     """
-    x = np.asarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"rnn_dense_predict: x must be (B, T, D), got {x.shape}")
-    cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1]), D = _dim(x.shape[2])
-    cdef int H = _dim(W.shape[1]), K = _dim(V.shape[1])
-    if not (
-        logits.shape[0] == B and logits.shape[1] == K
-        and W.shape[0] == D and U.shape[0] == H and U.shape[1] == H
-        and b.shape[0] == H and V.shape[0] == H and c.shape[0] == K
-    ):
+    x = _inference_input("rnn_dense_predict", x, W, U, b, V, c)
+    if not (logits.shape[0] == x.shape[0] and logits.shape[1] == V.shape[1]):
         raise _mismatch(
             "rnn_dense_predict", logits=logits, x=x, W=W, U=U, b=b, V=V, c=c
         )
+    finite = True
+    for start, stop, block, sample_stride, step_stride, block_finite in _blocks(x):
+        finite = _predict_block(
+            logits[start:stop], block, W, U, b, V, c, sample_stride, step_stride,
+            activation,
+        ) and block_finite and finite
+    return bool(finite)
+
+
+def rnn_dense_xent_evaluate(
+    x,
+    const float[:, ::1] y,
+    const float[:, ::1] W,
+    const float[:, ::1] U,
+    const float[::1] b,
+    const float[:, ::1] V,
+    const float[::1] c,
+    int activation,
+):
+    """Softmax cross-entropy of SimpleRNN -> Dense logits, summed over samples.
+
+    x (B, T, D) any real dtype and layout, read as :func:`rnn_dense_predict`
+    reads it;  y (B, K) target distributions;  W, U, b, V, c as there.
+
+    Returns (loss summed over the B samples, number of samples whose first
+    largest logit is at y's first maximum, inputs finite).  The logits are not
+    kept, and the sums do not depend on the number of threads.
+    """
+    x = _inference_input("rnn_dense_xent_evaluate", x, W, U, b, V, c)
+    if not (y.shape[0] == x.shape[0] and y.shape[1] == V.shape[1]):
+        raise _mismatch(
+            "rnn_dense_xent_evaluate", x=x, y=y, W=W, U=U, b=b, V=V, c=c
+        )
+    loss_sum, correct, finite = 0.0, 0, True
+    for start, stop, block, sample_stride, step_stride, block_finite in _blocks(x):
+        block_loss, block_correct, block_finite_x = _evaluate_block(
+            block, y[start:stop], W, U, b, V, c, sample_stride, step_stride,
+            activation,
+        )
+        loss_sum += block_loss
+        correct += block_correct
+        finite = finite and block_finite and block_finite_x
+    return loss_sum, correct, bool(finite)
+
+
+def _inference_input(kernel, x, W, U, b, V, c):
+    """x as a (B, T, D) array whose shapes agree with the weights'."""
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"{kernel}: x must be (B, T, D), got shape {x.shape}")
+    for size in x.shape:
+        _dim(size)
+    H, K = W.shape[1], V.shape[1]
+    if not (
+        W.shape[0] == x.shape[2] and U.shape[0] == H and U.shape[1] == H
+        and b.shape[0] == H and V.shape[0] == H and c.shape[0] == K
+    ):
+        raise _mismatch(kernel, x=x, W=W, U=U, b=b, V=V, c=c)
+    return x
+
+
+def _blocks(x):
+    """(start, stop, block, sample stride, step stride, finite) over x's samples.
+
+    A float32 x that C can read in place is one block.  Any other is converted
+    to float32, time-major, one block of chunks at a time (one chunk per
+    thread), into one reused buffer, so memory stays bounded whatever B is;
+    finite says whether that block's conversion kept every value finite.
+    """
+    B, T, D = x.shape
     if B == 0:
-        return True
+        return
     strides = _readable_in_place(x) if T > 0 and D > 0 else None
     if strides is not None:
-        return _predict_block(logits, x, W, U, b, V, c, strides[0], strides[1],
-                              activation)
-
-    # One block feeds every thread a chunk; each block is converted, then run.
-    cdef int block = PREDICT_CHUNK * fr_max_threads()
+        yield 0, B, x, strides[0], strides[1], True
+        return
+    block = PREDICT_CHUNK * fr_max_threads()
     buffer = np.empty(T * min(B, block) * D, dtype=np.float32)
-    finite = True
     for start in range(0, B, block):
         stop = min(B, start + block)
         x_tm = buffer[: T * (stop - start) * D].reshape(T, stop - start, D)
-        finite = sequence_to_time_major(x_tm, x[start:stop]) and finite
-        finite = _predict_block(
-            logits[start:stop], x_tm.transpose(1, 0, 2), W, U, b, V, c, D,
-            (stop - start) * D, activation,
-        ) and finite
-    return bool(finite)
+        finite = sequence_to_time_major(x_tm, x[start:stop])
+        yield start, stop, x_tm.transpose(1, 0, 2), D, (stop - start) * D, finite
 
 
 cdef bint _predict_block(
@@ -541,8 +609,37 @@ cdef bint _predict_block(
     with nogil:
         finite = fr_rnn_dense_predict(
             &logits[0, 0], &x[0, 0, 0], &W[0, 0], &U[0, 0], &b[0], &V[0, 0], &c[0],
-            sample_stride, step_stride, B, T, D, H, K, chunk, activation, _sgemm,
+            sample_stride, step_stride, B, T, D, H, K, chunk, activation,
         )
     if finite < 0:
         raise MemoryError("rnn_dense_predict: no memory for the hidden states")
     return finite
+
+
+cdef tuple _evaluate_block(
+    const float[:, :, :] x,
+    const float[:, ::1] y,
+    const float[:, ::1] W,
+    const float[:, ::1] U,
+    const float[::1] b,
+    const float[:, ::1] V,
+    const float[::1] c,
+    Py_ssize_t sample_stride,
+    Py_ssize_t step_stride,
+    int activation,
+):
+    # as _predict_block; returns (loss sum, correct, finite)
+    cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1]), D = _dim(x.shape[2])
+    cdef int H = _dim(W.shape[1]), K = _dim(V.shape[1])
+    cdef int finite, correct
+    cdef double loss_sum
+    cdef int chunk = PREDICT_CHUNK
+    with nogil:
+        finite = fr_rnn_dense_xent_evaluate(
+            &loss_sum, &correct, &x[0, 0, 0], &y[0, 0], &W[0, 0], &U[0, 0], &b[0],
+            &V[0, 0], &c[0], sample_stride, step_stride, B, T, D, H, K, chunk,
+            activation,
+        )
+    if finite < 0:
+        raise MemoryError("rnn_dense_xent_evaluate: no memory for the hidden states")
+    return loss_sum, correct, bool(finite)

@@ -36,10 +36,13 @@ from fastrnn.backends.numba_tiles import (
     aligned_size,
     factor,
     first_aligned,
+    pack_dense,
     pack_rnn,
+    packed_dense_size,
     packed_rnn_size,
     pad_columns,
     padded,
+    tiled_dense_forward,
     tiled_product,
     unpad_columns,
 )
@@ -459,17 +462,19 @@ def train_scratch_size(T, rows, D, H, K):
     The buffers :func:`train_part` carves, each rounded up to whole cache lines,
     and room to move the first one onto a line.
     """
-    n, Hp = rows, padded(H)
+    n, Hp, Kp = rows, padded(H), padded(K)
     return (
         ALIGN
         + packed_rnn_size(D, H)
+        + packed_dense_size(H, K)
+        + aligned_size(n * Kp)
+        + aligned_size(H * Kp)
         + aligned_size(T * n * Hp)
         + 2 * aligned_size(n * Hp)
         + aligned_size(D * Hp)
         + aligned_size(H * Hp)
         + aligned_size(Hp)
         + 3 * aligned_size(n * K)
-        + 2 * aligned_size(n * H)
         + aligned_size(1)
     )
 
@@ -481,27 +486,34 @@ def carve(row, at, size):
 
 
 @kernel
-def train_part(row, g, x_tm, y, W, U, b, V, c, first, n, activation):
+def train_part(row, g, x, y, W, U, b, V, c, first, n, activation):
     """Forward, loss and backward of batch rows first .. first + n - 1.
 
     row (S,)  scratch, S at least train_scratch_size(T, n, D, H, K)
     g (G,)    out: the part's gradients of W (D, H), U (H, H), b (H,), V (H, K)
               and c (K,), flattened in that order
-    x_tm (T, B, D), y (B, K), W (D, H), U (H, H), b (H,), V (H, K), c (K,)
+    x (B, T, D) read in place, y (B, K), W (D, H), U (H, H), b (H,), V (H, K),
+    c (K,)
 
-    Every product of the recurrence is a tiled one on rows padded to Hp (see
-    numba_tiles); the Dense layer's few small products go to BLAS.  Returns the
-    part's mean loss times n and its number of correct rows.
+    Every product is a tiled one on padded rows (see numba_tiles): at these
+    sizes a BLAS call costs more in overhead and packing than the product.
+    Returns the
+    part's mean loss times n, its number of correct rows and whether its inputs
+    are all finite; with an input that is not, the part computes nothing else.
     """
-    T, B, D = x_tm.shape
+    B, T, D = x.shape
     H = W.shape[1]
     K = V.shape[1]
-    Hp = padded(H)
+    Hp, Kp = padded(H), padded(K)
     nHp = n * Hp
 
-    # Carve this part's buffers out of its scratch row, from a cache line on.
+    # Carve this part's buffers out of its scratch row, from a cache line on;
+    # wide holds rows of Kp: the logits, then dlogits
     at = first_aligned(row)
     packed, at = carve(row, at, packed_rnn_size(D, H))
+    dense, at = carve(row, at, packed_dense_size(H, K))
+    wide, at = carve(row, at, n * Kp)
+    gV_wide, at = carve(row, at, H * Kp)
     hs, at = carve(row, at, T * nHp)
     dz, at = carve(row, at, nHp)
     dz_prev, at = carve(row, at, nHp)
@@ -511,14 +523,10 @@ def train_part(row, g, x_tm, y, W, U, b, V, c, first, n, activation):
     logits, at = carve(row, at, n * K)
     probs, at = carve(row, at, n * K)
     dlogits, at = carve(row, at, n * K)
-    h_last, at = carve(row, at, n * H)
-    dh_last, at = carve(row, at, n * H)
     one, at = carve(row, at, 1)
     logits = logits.reshape(n, K)
     probs = probs.reshape(n, K)
     dlogits = dlogits.reshape(n, K)
-    h_last = h_last.reshape(n, H)
-    dh_last = dh_last.reshape(n, H)
     gW = g[: D * H].reshape(D, H)
     gU = g[D * H : D * H + H * H].reshape(H, H)
     gb = g[D * H + H * H : D * H + H * H + H].reshape(1, H)
@@ -527,26 +535,29 @@ def train_part(row, g, x_tm, y, W, U, b, V, c, first, n, activation):
     y_part = y[first : first + n]
 
     # The tiles take raw pointers; every buffer is a view of an argument, which
-    # outlives them.  x_tm is read where it lies, through its strides.
+    # outlives them.  x is read where it lies, through its strides.
+    sample_stride = x.strides[0] // 4
+    step_stride = x.strides[1] // 4
+    feature_stride = x.strides[2] // 4
+    strides = (sample_stride, step_stride, feature_stride)
+    x_at = first * sample_stride
+    if not samples_finite(x, x_at, strides, n, T, D):
+        return 0.0, 0, False
     offsets = pack_rnn(packed, W, U, b, True)
+    dense_offsets = pack_dense(dense, V, c, True)
     U_T_at = offsets[2]
     p_packed = address(packed)
     p_hs = address(hs)
-    p_x = address(x_tm)
-    step_stride = x_tm.strides[0] // 4
-    sample_stride = x_tm.strides[1] // 4
-    feature_stride = x_tm.strides[2] // 4
-    strides = (sample_stride, step_stride, feature_stride)
-    x_at = first * sample_stride
+    p_x = address(x)
     one[0] = 1
     p_one = address(one)
     no_factor = factor(p_one, 0, 0, 0, p_one, 0, 0, 0)
 
     # forward
-    tiled_rnn_forward(hs, x_tm, x_at, strides, packed, offsets, n, T, D, H,
+    tiled_rnn_forward(hs, x, x_at, strides, packed, offsets, n, T, D, H,
                       activation, True)  # fmt: skip
-    unpad_columns(h_last, hs[(T - 1) * nHp :], Hp)
-    dense_forward(logits, h_last, V, c)
+    last_at = (T - 1) * nHp
+    tiled_dense_forward(logits, wide, hs, last_at, dense, dense_offsets, H)
 
     # loss, fused with the softmax; the part's mean is weighted by its share of
     # the batch, so that the parts' gradients sum to that of the batch mean
@@ -558,10 +569,21 @@ def train_part(row, g, x_tm, y, W, U, b, V, c, first, n, activation):
         for k in range(K):
             dlogits[i, k] *= share
 
-    # Dense backward; dz starts as dh_last, padded with zeros
-    dense_backward(gV, gc, dh_last, dlogits, h_last, V)
-    pad_columns(dz, dh_last, Hp)
-    activation_backward_in_place(dz, hs[(T - 1) * nHp : T * nHp], activation)
+    # Dense backward, from dlogits padded to (n, Kp) in wide: gV = h_last^T
+    # dlogits, then dh_last = dlogits V^T into dz, whose padding stays zero as
+    # that of V^T is
+    gc[:] = 0
+    for i in range(n):
+        gc += dlogits[i]
+    pad_columns(wide, dlogits, Kp)
+    p_dense = address(dense)
+    p_wide = address(wide)
+    h_T = factor(p_hs, last_at, 1, Hp, p_wide, 0, Kp, n)
+    tiled_product(address(gV_wide), 0, Kp, H, Kp, FROM_ZERO, p_one, 0, h_T, no_factor)
+    unpad_columns(gV, gV_wide, Kp)
+    back = factor(p_wide, 0, Kp, 1, p_dense, dense_offsets[1], Hp, K)
+    tiled_product(address(dz), 0, Hp, n, Hp, FROM_ZERO, p_one, 0, back, no_factor)
+    activation_backward_in_place(dz, hs[last_at : last_at + nHp], activation)
 
     # BPTT, gathering each step's share of dW, dU and db while its dz is in
     # cache: dz_{t-1} = (dz_t U^T) * act'(h_{t-1}), with h_{t-1} pairing with dz_t
@@ -594,7 +616,7 @@ def train_part(row, g, x_tm, y, W, U, b, V, c, first, n, activation):
     unpad_columns(gW, dW, Hp)
     unpad_columns(gU, dU, Hp)
     unpad_columns(gb, db, Hp)
-    return loss, correct
+    return loss, correct, True
 
 
 @parallel_kernel
@@ -605,7 +627,7 @@ def _rnn_dense_xent_train_step(
     state_2,
     scratch,
     part_grads,
-    x_tm,
+    x,
     y,
     bounds,
     W,
@@ -635,31 +657,36 @@ def _rnn_dense_xent_train_step(
     scratch (S, train_scratch_size(T, largest part, D, H, K))  one row per part
     part_grads (S, G)   each part's gradients of W, U, b, V, c, flattened in
                         that order (G = D H + H H + H + H K + K)
-    x_tm (T, B, D)      input, time-major;  y (B, K) target distributions
+    x (B, T, D)         input, batch-major, read in place
+    y (B, K)            target distributions
     bounds (S + 1,)     part s holds batch rows bounds[s] to bounds[s + 1]
     The parts run on as many threads as ``numba.set_num_threads`` allows.
 
-    Returns (mean loss, number of correct rows).  A loss that is not finite
-    leaves params and the optimizer state untouched.
+    Returns (mean loss, number of correct rows, inputs finite).  If x holds a
+    value that is not finite, or the loss is not finite, params and the
+    optimizer state are left untouched.
     """
-    T, B, D = x_tm.shape
+    B, T, D = x.shape
     H = W.shape[1]
     K = V.shape[1]
     parts = bounds.shape[0] - 1
     part_loss = np.zeros(parts)
     part_correct = np.zeros(parts, dtype=np.int64)
+    part_finite = np.ones(parts, dtype=np.bool_)
     for part in prange(parts):
         first = bounds[part]
         n = bounds[part + 1] - first
-        part_loss[part], part_correct[part] = train_part(
-            scratch[part], part_grads[part], x_tm, y, W, U, b, V, c, first, n,
+        part_loss[part], part_correct[part], part_finite[part] = train_part(
+            scratch[part], part_grads[part], x, y, W, U, b, V, c, first, n,
             activation,
         )  # fmt: skip
 
+    if not part_finite.all():
+        return np.nan, 0, False
     loss = part_loss.sum() / B
     correct = part_correct.sum()
     if not np.isfinite(loss):
-        return loss, correct
+        return loss, correct, True
 
     # The gradient of the batch mean is the sum of the parts' weighted gradients;
     # it goes to the views of grads (or to scratch for a bias the model lacks).
@@ -678,7 +705,7 @@ def _rnn_dense_xent_train_step(
 
     # update
     optimizer_update(params, grads, state_1, state_2, optimizer, hyper)
-    return loss, correct
+    return loss, correct, True
 
 
 def rnn_dense_xent_train_step(
@@ -688,7 +715,7 @@ def rnn_dense_xent_train_step(
     state_2,
     scratch,
     part_grads,
-    x_tm,
+    x,
     y,
     bounds,
     W,
@@ -714,7 +741,7 @@ def rnn_dense_xent_train_step(
     cached kernel, so this plain function sets it around the call.
     """
     arguments = (
-        params, grads, state_1, state_2, scratch, part_grads, x_tm, y, bounds,
+        params, grads, state_1, state_2, scratch, part_grads, x, y, bounds,
         W, U, b, V, c, dW, dU, db, dV, dc, activation, optimizer, hyper,
     )  # fmt: skip
     cores = numba.get_num_threads()
@@ -748,17 +775,45 @@ def rnn_dense_predict(logits, x, W, U, b, V, c, activation):
     kept, so memory does not grow with T.  Returns False if x holds a value
     that is not finite in float32.
     """
+    x = _inference_input("rnn_dense_predict", x)
+    no_targets = np.empty((0, V.shape[1]), dtype=np.float32)
+    return _run_chunks(logits, no_targets, x, W, U, b, V, c, activation)[2]
+
+
+def rnn_dense_xent_evaluate(x, y, W, U, b, V, c, activation):
+    """Softmax cross-entropy of the logits h_T V + c against y, summed over samples.
+
+    x (B, T, D) any real dtype and layout, read as :func:`rnn_dense_predict`
+    reads it;  y (B, K) target distributions;  W (D, H), U (H, H), b (H,),
+    V (H, K), c (K,)
+
+    Runs the chunks of :func:`rnn_dense_predict` and scores each as the train
+    step scores its parts, without keeping the logits; the chunks' sums are
+    added in order, so the result does not depend on the threads.  Returns
+    (loss summed over the B samples, number of samples whose first largest
+    logit is at y's first maximum, inputs finite).
+    """
+    x = _inference_input("rnn_dense_xent_evaluate", x)
+    no_logits = np.empty((0, V.shape[1]), dtype=np.float32)
+    return _run_chunks(no_logits, y, x, W, U, b, V, c, activation)
+
+
+def _inference_input(kernel_name, x):
     x = np.asarray(x)
     if x.ndim != 3:
-        raise ValueError(f"rnn_dense_predict: x must be (B, T, D), got {x.shape}")
+        raise ValueError(f"{kernel_name}: x must be (B, T, D), got {x.shape}")
+    return x
+
+
+def _run_chunks(logits, y, x, W, U, b, V, c, activation):
+    """(loss sum, correct, finite) of the chunk kernels, on x in place or not."""
     strides = _element_strides(x)
     if strides is None:
-        return _predict_converted(logits, x, W, U, b, V, c, activation)
+        return _chunks_converted(logits, y, x, W, U, b, V, c, activation)
     # x stays referenced here while the kernel reads it through its address.
-    return _predict_in_place(
-        logits, x.ctypes.data, *strides, x.shape[1], x.shape[2],
-        W, U, b, V, c, activation,
-    )  # fmt: skip
+    return _chunks_in_place(
+        logits, y, x.ctypes.data, *strides, *x.shape, W, U, b, V, c, activation
+    )
 
 
 def _element_strides(x):
@@ -772,12 +827,16 @@ def _element_strides(x):
 
 
 @kernel
-def pack_for_predict(W, U, b):
-    """W, U and b in padded rows, and their offsets (see pack_rnn)."""
+def pack_for_predict(W, U, b, V, c):
+    """W, U and b, then V and c, in padded rows, and the offsets of each in its
+    part (see pack_rnn and pack_dense)."""
     D, H = W.shape
-    buffer = np.empty(ALIGN + packed_rnn_size(D, H), dtype=np.float32)
+    rnn_size = packed_rnn_size(D, H)
+    size = ALIGN + rnn_size + packed_dense_size(H, V.shape[1])
+    buffer = np.empty(size, dtype=np.float32)
     packed = buffer[first_aligned(buffer) :]
-    return packed, pack_rnn(packed, W, U, b, False)
+    dense = packed[rnn_size:]
+    return packed, pack_rnn(packed, W, U, b, False), pack_dense(dense, V, c, False)
 
 
 @kernel
@@ -843,66 +902,102 @@ def tiled_rnn_forward(hs, x_source, x_at, strides, packed, offsets, n, T, D, H,
 
 
 @kernel
-def predict_chunk(logits, x_source, x_at, strides, T, D, packed, offsets, V, c,
-                  activation):  # fmt: skip
+def predict_chunk(logits, x_source, x_at, strides, T, D, packed, offsets,
+                  dense_offsets, H, activation):  # fmt: skip
     """logits (n, K) of the n samples of x from x_at.
 
     x_source, x_at, strides  x (n, T, D), as for tiled_rnn_forward
-    packed, offsets          W, U and b in padded rows, from pack_for_predict
-    V (H, K), c (K,)
+    packed, offsets, dense_offsets  W, U, b, V, c in padded rows and their
+                             offsets, from pack_for_predict
     """
     n, K = logits.shape
-    H = V.shape[0]
     nHp = n * padded(H)
 
-    # Two hidden states, current and previous, and the last one unpadded for BLAS
-    buffer = np.empty(ALIGN + 2 * nHp + n * H, dtype=np.float32)
+    # Two hidden states, current and previous, then the logits in rows of Kp
+    buffer = np.empty(ALIGN + 2 * nHp + n * padded(K), dtype=np.float32)
     h = buffer[first_aligned(buffer) :]
-    h_last = h[2 * nHp : 2 * nHp + n * H].reshape(n, H)
+    wide = h[2 * nHp :]
     last_at = tiled_rnn_forward(h, x_source, x_at, strides, packed, offsets, n, T,
                                 D, H, activation, False)  # fmt: skip
-    unpad_columns(h_last, h[last_at:], padded(H))
-    dense_forward(logits, h_last, V, c)
+    dense = packed[packed_rnn_size(D, H) :]
+    tiled_dense_forward(logits, wide, h, last_at, dense, dense_offsets, H)
+
+
+@kernel
+def chunk_logits(logits, start, n):
+    """Rows start .. start + n - 1 of logits, or a buffer of n rows of their own
+    when logits keeps none (shape (0, K))."""
+    if logits.shape[0] == 0:
+        return np.empty((n, logits.shape[1]), dtype=np.float32)
+    return logits[start : start + n]
+
+
+@kernel
+def score_chunk(logits, y):
+    """(loss summed over the rows, correct rows) of logits (n, K) against y
+    (n, K), as the train step scores a part; (0, 0) when y has no rows."""
+    n, K = logits.shape
+    if y.shape[0] == 0:
+        return 0.0, 0
+    probs = np.empty((n, K), dtype=np.float32)
+    loss = softmax_xent_forward(probs, logits, y) * n
+    return loss, count_correct(probs, y)
+
+
+@kernel
+def sum_chunks(chunk_loss, chunk_correct, finite):
+    """The chunks' (loss sum, correct, finite), added in chunk order."""
+    loss_sum = 0.0
+    correct = 0
+    for chunk in range(chunk_loss.size):
+        loss_sum += chunk_loss[chunk]
+        correct += chunk_correct[chunk]
+    return loss_sum, correct, finite.all()
 
 
 @parallel_kernel
-def _predict_in_place(logits, x_address, sample_stride, step_stride, feature_stride,
-                      T, D, W, U, b, V, c, activation):  # fmt: skip
-    """rnn_dense_predict of a float32 x (B, T, D) at x_address, with element
-    strides between samples, steps and features."""
-    B = logits.shape[0]
-    packed, offsets = pack_for_predict(W, U, b)
+def _chunks_in_place(logits, y, x_address, sample_stride, step_stride,
+                     feature_stride, B, T, D, W, U, b, V, c, activation):  # fmt: skip
+    """Predict (into logits (B, K)) or evaluate (against y (B, K)) a float32 x
+    (B, T, D) at x_address, with element strides between samples, steps and
+    features.  The unused one of logits and y has no rows."""
+    H = W.shape[1]
+    packed, offsets, dense_offsets = pack_for_predict(W, U, b, V, c)
     strides = (sample_stride, step_stride, feature_stride)
     n_chunks = (B + PREDICT_CHUNK - 1) // PREDICT_CHUNK
+    chunk_loss = np.zeros(n_chunks)
+    chunk_correct = np.zeros(n_chunks, dtype=np.int64)
     finite = np.ones(n_chunks, dtype=np.bool_)
     for chunk in prange(n_chunks):
         start = chunk * PREDICT_CHUNK
-        stop = min(B, start + PREDICT_CHUNK)
+        n = min(B, start + PREDICT_CHUNK) - start
         x_at = start * sample_stride
-        finite[chunk] = samples_finite(x_address, x_at, strides, stop - start, T, D)
-        predict_chunk(
-            logits[start:stop], x_address, x_at, strides, T, D,
-            packed, offsets, V, c, activation,
-        )  # fmt: skip
-    return finite.all()
+        finite[chunk] = samples_finite(x_address, x_at, strides, n, T, D)
+        out = chunk_logits(logits, start, n)
+        predict_chunk(out, x_address, x_at, strides, T, D, packed, offsets,
+                      dense_offsets, H, activation)  # fmt: skip
+        chunk_loss[chunk], chunk_correct[chunk] = score_chunk(out, y[start : start + n])
+    return sum_chunks(chunk_loss, chunk_correct, finite)
 
 
 @parallel_kernel
-def _predict_converted(logits, x, W, U, b, V, c, activation):
-    """rnn_dense_predict of an x (B, T, D) of another dtype or byte order, each
+def _chunks_converted(logits, y, x, W, U, b, V, c, activation):
+    """_chunks_in_place for an x (B, T, D) of another dtype or byte order, each
     chunk converted to float32, time-major."""
     B, T, D = x.shape
-    packed, offsets = pack_for_predict(W, U, b)
+    H = W.shape[1]
+    packed, offsets, dense_offsets = pack_for_predict(W, U, b, V, c)
     n_chunks = (B + PREDICT_CHUNK - 1) // PREDICT_CHUNK
+    chunk_loss = np.zeros(n_chunks)
+    chunk_correct = np.zeros(n_chunks, dtype=np.int64)
     finite = np.ones(n_chunks, dtype=np.bool_)
     for chunk in prange(n_chunks):
         start = chunk * PREDICT_CHUNK
-        stop = min(B, start + PREDICT_CHUNK)
-        n = stop - start
+        n = min(B, start + PREDICT_CHUNK) - start
         x_tm = np.empty((T, n, D), dtype=np.float32)
-        finite[chunk] = sequence_to_time_major(x_tm, x[start:stop])
-        predict_chunk(
-            logits[start:stop], x_tm, 0, (D, n * D, 1), T, D,
-            packed, offsets, V, c, activation,
-        )  # fmt: skip
-    return finite.all()
+        finite[chunk] = sequence_to_time_major(x_tm, x[start : start + n])
+        out = chunk_logits(logits, start, n)
+        predict_chunk(out, x_tm, 0, (D, n * D, 1), T, D, packed, offsets,
+                      dense_offsets, H, activation)  # fmt: skip
+        chunk_loss[chunk], chunk_correct[chunk] = score_chunk(out, y[start : start + n])
+    return sum_chunks(chunk_loss, chunk_correct, finite)

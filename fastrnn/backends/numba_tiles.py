@@ -536,3 +536,47 @@ def pack_rnn(packed, W, U, b, transpose):
     if transpose:
         pad_columns(packed[U_T_at:], U.T, Hp)
     return W_at, U_at, U_T_at, b_at
+
+
+@kernel
+def packed_dense_size(H, K):
+    """Floats of the padded V (H, Kp), V^T (K, Hp) and c (Kp,)."""
+    Hp, Kp = padded(H), padded(K)
+    return aligned_size(H * Kp) + aligned_size(K * Hp) + aligned_size(Kp)
+
+
+@kernel
+def pack_dense(packed, V, c, transpose):
+    """Lay V, c (and V^T if ``transpose``) out in padded rows in ``packed``.
+
+    packed (packed_dense_size(H, K),) out, from an aligned start
+    V (H, K), c (K,)
+    Returns the offsets of V, V^T and c in packed.
+    """
+    H, K = V.shape
+    Hp, Kp = padded(H), padded(K)
+    V_at = 0
+    V_T_at = V_at + aligned_size(H * Kp)
+    c_at = V_T_at + aligned_size(K * Hp)
+    pad_columns(packed[V_at:], V, Kp)
+    pad_columns(packed[c_at:], c.reshape(1, K), Kp)
+    if transpose:
+        pad_columns(packed[V_T_at:], V.T, Hp)
+    return V_at, V_T_at, c_at
+
+
+@kernel
+def tiled_dense_forward(logits, wide, hs, h_at, packed, offsets, H):
+    """logits (n, K) = h (n, Hp) V + c, through ``wide`` (n, Kp) scratch.
+
+    h lies in hs (flat) from h_at; packed and offsets are from pack_dense.
+    """
+    n, K = logits.shape
+    Hp, Kp = padded(H), padded(K)
+    V_at, _, c_at = offsets
+    p_packed = address(packed)
+    p_wide = address(wide)
+    hidden = factor(address(hs), h_at, Hp, 1, p_packed, V_at, Kp, H)
+    none = factor(p_wide, 0, 0, 0, p_wide, 0, 0, 0)
+    tiled_product(p_wide, 0, Kp, n, Kp, FROM_ROW, p_packed, c_at, hidden, none)
+    unpad_columns(logits, wide, Kp)
