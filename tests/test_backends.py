@@ -513,6 +513,46 @@ def test_rnn_dense_xent_train_step(shape, bounds, activation, optimizer):
         assert c_loss == pytest.approx(ref_loss, rel=TOL, abs=TOL)
 
 
+def mostly_zero(rng, shape, nonzero=0.2):
+    """Normal values of which only a fraction are not exactly zero, as in the
+    pixels of MNIST's images, which the tiles skip."""
+    x = normal(rng, shape)
+    x[rng.random(shape) >= nonzero] = 0
+    return x
+
+
+# (B, T, D, H, K) and part bounds: MNIST, features beyond one 64-bit mask (the
+# products then take every term), exactly one mask, a zero sample.
+SPARSE_CASES = [
+    ((50, 28, 28, 50, 10), [0, 25, 50]),
+    ((7, 4, 70, 5, 3), [0, 3, 7]),
+    ((8, 3, 64, 20, 2), [0, 2, 4, 5, 8]),
+    ((3, 5, 1, 6, 4), [0, 1, 3]),
+]
+SPARSE_IDS = [f"B{s[0]}-D{s[2]}" for s, _ in SPARSE_CASES]
+
+
+@needs_c
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACTIVATION_IDS)
+@pytest.mark.parametrize("shape, bounds", SPARSE_CASES, ids=SPARSE_IDS)
+def test_rnn_dense_xent_train_step_on_inputs_that_are_mostly_zero(
+    shape, bounds, activation
+):
+    ref = train_step_arguments(shape, bounds, activation, "adam")
+    c = train_step_arguments(shape, bounds, activation, "adam")
+    x = mostly_zero(np.random.default_rng(shape[2]), shape[:3])
+    x[0] = 0
+    ref[6][...] = x
+    c[6][...] = x
+    ref_loss, ref_correct, ref_finite = nk.rnn_dense_xent_train_step(*ref)
+    c_loss, c_correct, c_finite = ck.rnn_dense_xent_train_step(*c)
+    assert ref_finite and c_finite
+    assert c_loss == pytest.approx(ref_loss, rel=TOL, abs=TOL)
+    assert c_correct == ref_correct
+    for index in (0, 1, 2, 3, 5):
+        agree(c[index], ref[index])
+
+
 @needs_c
 def test_rnn_dense_xent_train_step_does_not_depend_on_the_split():
     # The parts' weighted gradients sum to those of the whole batch.
@@ -655,14 +695,15 @@ def test_rnn_dense_predict(shape, activation, layout):
 def test_rnn_dense_predict_tiles_sum_in_the_c_backends_order(shape, activation):
     # Both backends' tiles add each element's terms in one order, one fused
     # multiply-add at a time; without tanh's rounding in between, the results
-    # are the same bits (H = 70 needs a tile of one vector beside those of four).
-    # This holds for a C backend built for this machine, as setup.py builds it.
+    # are the same bits (H = 70 needs a tile of one vector beside those of four),
+    # also where both leave out the terms of inputs that are zero.  This holds
+    # for a C backend built for this machine, as setup.py builds it.
     B, T, D, H, K = shape
     rng = np.random.default_rng(H)
     weights = predict_weights(rng, D, H, K)
-    x = normal(rng, (B, T, D))
-    ref, c, _, _ = predict_on_both(x, weights, activation)
-    np.testing.assert_array_equal(c, ref)
+    for x in (normal(rng, (B, T, D)), mostly_zero(rng, (B, T, D))):
+        ref, c, _, _ = predict_on_both(x, weights, activation)
+        np.testing.assert_array_equal(c, ref)
 
 
 @needs_c

@@ -149,3 +149,45 @@ def test_tiles_compile_for_a_cpu_without_avx512(tmp_path, cpu, features, lanes):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split()[-1] == lanes
+
+
+@kernel
+def skipping_product(c, rows, width, a, a_row, a_col, b, k_len, zeros, kind, ks):
+    """c (rows, width) flat += A B through tiled_product_skipping, zeros from 0."""
+    p_c = address(c)
+    first = factor(address(a), 0, a_row, a_col, address(b), 0, width, k_len)
+    none = factor(p_c, 0, 0, 0, p_c, 0, 0, 0)
+    nt.tiled_product_skipping(p_c, 0, width, rows, width, nt.FROM_C, p_c, 0, first,
+                              none, address(zeros), 0, kind, address(ks))  # fmt: skip
+
+
+def nonzero_masks(a):
+    """Word i has bit j set where a[i, j] != 0 (a has at most 64 columns)."""
+    weights = np.uint64(1) << np.arange(a.shape[1], dtype=np.uint64)
+    return ((a != 0) * weights).sum(axis=1, dtype=np.uint64)
+
+
+@pytest.mark.parametrize("kind", [nt.ZEROS_BY_ROW, nt.ZEROS_BY_K], ids=["row", "k"])
+@pytest.mark.parametrize("rows, k_len", [(1, 1), (25, 28), (28, 25), (64, 7), (7, 64)])
+def test_skipped_zeros_change_nothing(rows, k_len, kind):
+    rng = np.random.default_rng(rows + k_len)
+    a = rng.standard_normal((rows, k_len)).astype(np.float32)
+    a[rng.random(a.shape) < 0.8] = 0
+    a[: rows // 2 + 1, k_len // 2 :] = 0  # whole tiles without a term
+    width = 2 * nt.LANES
+    b = rng.standard_normal((k_len, width)).astype(np.float32)
+    c0 = rng.standard_normal((rows, width)).astype(np.float32)
+    if kind == nt.ZEROS_BY_ROW:  # A read row by row, masks over its columns
+        flat, a_row, a_col, zeros = a.reshape(-1), k_len, 1, nonzero_masks(a)
+    else:  # A read down the columns of its transpose, masks over its rows
+        flat, a_row, a_col = np.ascontiguousarray(a.T).reshape(-1), 1, rows
+        zeros = nonzero_masks(a.T)
+    c = c0.copy()
+    ks = np.empty(k_len, dtype=np.int64)
+    skipping_product(c.reshape(-1), rows, width, flat, a_row, a_col, b.reshape(-1),
+                     k_len, zeros, kind, ks)  # fmt: skip
+    want = c0.copy()
+    product(want.reshape(-1), rows, width, nt.FROM_C, want[0], flat, a_row, a_col,
+            b.reshape(-1), k_len, flat, a_row, a_col, b.reshape(-1), 0)  # fmt: skip
+    # exact: a left-out term adds a zero
+    np.testing.assert_array_equal(c, want)

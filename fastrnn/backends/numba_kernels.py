@@ -32,6 +32,10 @@ from fastrnn.backends.numba_tiles import (
     FROM_C,
     FROM_ROW,
     FROM_ZERO,
+    MASK_FEATURES,
+    NO_ZEROS,
+    ZEROS_BY_K,
+    ZEROS_BY_ROW,
     address,
     aligned_size,
     factor,
@@ -42,8 +46,10 @@ from fastrnn.backends.numba_tiles import (
     packed_rnn_size,
     pad_columns,
     padded,
+    scan_row,
     tiled_dense_forward,
     tiled_product,
+    tiled_product_skipping,
     unpad_columns,
 )
 
@@ -541,7 +547,9 @@ def train_part(row, g, x, y, W, U, b, V, c, first, n, activation):
     feature_stride = x.strides[2] // 4
     strides = (sample_stride, step_stride, feature_stride)
     x_at = first * sample_stride
-    if not samples_finite(x, x_at, strides, n, T, D):
+    masks = input_masks(T, n, D)
+    ks = np.empty(max(n, D), dtype=np.int64)
+    if not scan_inputs(masks, x, x_at, strides, n, T, D):
         return 0.0, 0, False
     offsets = pack_rnn(packed, W, U, b, True)
     dense_offsets = pack_dense(dense, V, c, True)
@@ -551,10 +559,13 @@ def train_part(row, g, x, y, W, U, b, V, c, first, n, activation):
     p_x = address(x)
     one[0] = 1
     p_one = address(one)
+    p_masks = address(masks)
+    p_ks = address(ks)
+    zeros_kind = ZEROS_BY_K if masks.size > 0 else NO_ZEROS
     no_factor = factor(p_one, 0, 0, 0, p_one, 0, 0, 0)
 
     # forward
-    tiled_rnn_forward(hs, x, x_at, strides, packed, offsets, n, T, D, H,
+    tiled_rnn_forward(hs, x, x_at, strides, masks, ks, packed, offsets, n, T, D, H,
                       activation, True)  # fmt: skip
     last_at = (T - 1) * nHp
     tiled_dense_forward(logits, wide, hs, last_at, dense, dense_offsets, H)
@@ -601,7 +612,9 @@ def train_part(row, g, x, y, W, U, b, V, c, first, n, activation):
             p_x, x_at + t * step_stride, feature_stride, sample_stride,
             p_dz, 0, Hp, n,
         )  # fmt: skip
-        tiled_product(address(dW), 0, Hp, D, Hp, FROM_C, p_one, 0, x_T, no_factor)
+        # samples whose inputs are zero in all the tile's features drop out
+        tiled_product_skipping(address(dW), 0, Hp, D, Hp, FROM_C, p_one, 0, x_T,
+                               no_factor, p_masks, t * n, zeros_kind, p_ks)  # fmt: skip
         if t == 0:
             break
         h_T = factor(p_hs, h_prev_at, 1, Hp, p_dz, 0, Hp, n)
@@ -840,28 +853,50 @@ def pack_for_predict(W, U, b, V, c):
 
 
 @kernel
-def samples_finite(x_address, x_at, strides, n, T, D):
-    """True if the n samples of x from x_at are all finite.  x (n, T, D) floats.
+def scan_inputs(masks, x_source, x_at, strides, n, T, D):
+    """Read x once: True if its n samples from x_at are all finite.
 
-    strides: (sample, step, feature) in floats.  Sample by sample, so that a
-    batch-major x is read in one forward sweep; this pass is what brings x into
-    cache for the forward pass.
+    x_source  x (n, T, D) as an array or the address of its floats, with
+              strides (sample, step, feature) in floats
+    masks (T * n,) uint64  out: bit d of masks[t * n + i] set where x_t (i, d)
+              != 0; pass an empty array when D > MASK_FEATURES
+
+    Sample by sample, so that a batch-major x is read in one forward sweep, which
+    the hardware prefetcher follows best; predict relies on this pass to bring
+    each chunk into cache.
     """
-    x = address(x_address)
+    x = address(x_source)
     sample_stride, step_stride, feature_stride = strides
+    in_vectors = D <= MASK_FEATURES and (feature_stride == 1 or D == 1)
+    keep = masks.size > 0
     finite = True
     for i in range(n):
         for t in range(T):
             at = x_at + i * sample_stride + t * step_stride
-            for d in range(D):
-                if not np.isfinite(x[at + d * feature_stride]):
-                    finite = False
+            if in_vectors:
+                nonzero, bad = scan_row(x, at, D)
+                finite &= bad == 0
+            else:
+                nonzero = np.uint64(0)
+                for d in range(D):
+                    value = x[at + d * feature_stride]
+                    finite &= np.isfinite(value)
+                    if keep and value != 0:
+                        nonzero |= np.uint64(1) << np.uint64(d)
+            if keep:
+                masks[t * n + i] = nonzero
     return finite
 
 
 @kernel
-def tiled_rnn_forward(hs, x_source, x_at, strides, packed, offsets, n, T, D, H,
-                      activation, keep_all):  # fmt: skip
+def input_masks(T, n, D):
+    """Room for the zero masks of n samples of T steps, or none if D is too wide."""
+    return np.empty(T * n if D <= MASK_FEATURES else 0, dtype=np.uint64)
+
+
+@kernel
+def tiled_rnn_forward(hs, x_source, x_at, strides, masks, ks, packed, offsets, n,
+                      T, D, H, activation, keep_all):  # fmt: skip
     """h_t = act(x_t W + h_{t-1} U + b) for t = 0 .. T - 1, h_{-1} = 0, on tiles.
 
     hs (T, n, Hp) flat  out: every state if ``keep_all``, else only two, with
@@ -870,6 +905,9 @@ def tiled_rnn_forward(hs, x_source, x_at, strides, packed, offsets, n, T, D, H,
                         read where it lies: sample i's step t starts at
                         x_at + i sample + t step, with strides (sample, step,
                         feature) in floats.  The caller keeps it alive.
+    masks (T * n,)      x's zero masks from scan_inputs, which let the input
+                        products leave out features that are zero in every row
+                        of a tile, or empty;  ks (D,) int64 scratch
     packed, offsets     W, U, b in padded rows and their offsets, from pack_rnn
     Returns the offset of the last state in hs (zero if T is 0).
     """
@@ -880,6 +918,9 @@ def tiled_rnn_forward(hs, x_source, x_at, strides, packed, offsets, n, T, D, H,
     p_hs = address(hs)
     p_x = address(x_source)
     p_packed = address(packed)
+    p_masks = address(masks)
+    p_ks = address(ks)
+    zeros_kind = ZEROS_BY_ROW if masks.size > 0 else NO_ZEROS
     h_at = 0
     if T == 0:
         hs[:nHp] = 0
@@ -893,9 +934,9 @@ def tiled_rnn_forward(hs, x_source, x_at, strides, packed, offsets, n, T, D, H,
         recurrent = factor(
             p_hs, h_prev_at, Hp, 1, p_packed, U_at, Hp, H if t > 0 else 0
         )
-        tiled_product(
-            p_hs, h_at, Hp, n, Hp, FROM_ROW, p_packed, b_at, inputs, recurrent
-        )
+        tiled_product_skipping(p_hs, h_at, Hp, n, Hp, FROM_ROW, p_packed, b_at,
+                               inputs, recurrent, p_masks, t * n, zeros_kind,
+                               p_ks)  # fmt: skip
         h = hs[h_at : h_at + nHp]
         activate_in_place(h, activation)
     return h_at
@@ -904,7 +945,7 @@ def tiled_rnn_forward(hs, x_source, x_at, strides, packed, offsets, n, T, D, H,
 @kernel
 def predict_chunk(logits, x_source, x_at, strides, T, D, packed, offsets,
                   dense_offsets, H, activation):  # fmt: skip
-    """logits (n, K) of the n samples of x from x_at.
+    """logits (n, K) of the n samples of x from x_at; False if x is not finite.
 
     x_source, x_at, strides  x (n, T, D), as for tiled_rnn_forward
     packed, offsets, dense_offsets  W, U, b, V, c in padded rows and their
@@ -912,15 +953,19 @@ def predict_chunk(logits, x_source, x_at, strides, T, D, packed, offsets,
     """
     n, K = logits.shape
     nHp = n * padded(H)
+    masks = input_masks(T, n, D)
+    ks = np.empty(D, dtype=np.int64)
+    finite = scan_inputs(masks, x_source, x_at, strides, n, T, D)
 
     # Two hidden states, current and previous, then the logits in rows of Kp
     buffer = np.empty(ALIGN + 2 * nHp + n * padded(K), dtype=np.float32)
     h = buffer[first_aligned(buffer) :]
     wide = h[2 * nHp :]
-    last_at = tiled_rnn_forward(h, x_source, x_at, strides, packed, offsets, n, T,
-                                D, H, activation, False)  # fmt: skip
+    last_at = tiled_rnn_forward(h, x_source, x_at, strides, masks, ks, packed,
+                                offsets, n, T, D, H, activation, False)  # fmt: skip
     dense = packed[packed_rnn_size(D, H) :]
     tiled_dense_forward(logits, wide, h, last_at, dense, dense_offsets, H)
+    return finite
 
 
 @kernel
@@ -972,10 +1017,11 @@ def _chunks_in_place(logits, y, x_address, sample_stride, step_stride,
         start = chunk * PREDICT_CHUNK
         n = min(B, start + PREDICT_CHUNK) - start
         x_at = start * sample_stride
-        finite[chunk] = samples_finite(x_address, x_at, strides, n, T, D)
         out = chunk_logits(logits, start, n)
-        predict_chunk(out, x_address, x_at, strides, T, D, packed, offsets,
-                      dense_offsets, H, activation)  # fmt: skip
+        finite[chunk] = predict_chunk(
+            out, x_address, x_at, strides, T, D, packed, offsets, dense_offsets, H,
+            activation,
+        )  # fmt: skip
         chunk_loss[chunk], chunk_correct[chunk] = score_chunk(out, y[start : start + n])
     return sum_chunks(chunk_loss, chunk_correct, finite)
 
@@ -995,9 +1041,10 @@ def _chunks_converted(logits, y, x, W, U, b, V, c, activation):
         start = chunk * PREDICT_CHUNK
         n = min(B, start + PREDICT_CHUNK) - start
         x_tm = np.empty((T, n, D), dtype=np.float32)
-        finite[chunk] = sequence_to_time_major(x_tm, x[start : start + n])
+        converted = sequence_to_time_major(x_tm, x[start : start + n])
         out = chunk_logits(logits, start, n)
-        predict_chunk(out, x_tm, 0, (D, n * D, 1), T, D, packed, offsets,
-                      dense_offsets, H, activation)  # fmt: skip
+        scanned = predict_chunk(out, x_tm, 0, (D, n * D, 1), T, D, packed, offsets,
+                                dense_offsets, H, activation)  # fmt: skip
+        finite[chunk] = converted and scanned
         chunk_loss[chunk], chunk_correct[chunk] = score_chunk(out, y[start : start + n])
     return sum_chunks(chunk_loss, chunk_correct, finite)

@@ -31,6 +31,7 @@ output units.
 
 import platform
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
@@ -114,23 +115,25 @@ def aligned_size(n):
 
 
 _FLOAT_POINTER = types.CPointer(types.float32)
+_INT_POINTER = types.CPointer(types.int64)
+_MASK_POINTER = types.CPointer(types.uint64)
 
 
 @intrinsic
 def address(typingctx, source):
-    """Pointer to float32 at an array's first element, or at an integer address.
+    """Pointer to an array's first element, or float32 at an integer address.
 
     The pointer does not keep the array alive: it must be used only while the
     array is (an argument of the calling kernel, or an array it goes on using).
     """
-    if isinstance(source, types.Array) and source.dtype == types.float32:
+    if isinstance(source, types.Array):
 
         def from_array(context, builder, signature, arguments):
             array_type = signature.args[0]
             array = context.make_array(array_type)(context, builder, arguments[0])
             return array.data
 
-        return _FLOAT_POINTER(source), from_array
+        return types.CPointer(source.dtype)(source), from_array
     if isinstance(source, types.Integer):
 
         def from_integer(context, builder, signature, arguments):
@@ -178,13 +181,16 @@ def _is_factor(ty):
 
 
 @intrinsic
-def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
+def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second, ks,
+          count):  # fmt: skip
     """C tile = start + A1 B1 + A2 B2 for ``rows`` x ``vecs`` vectors of C.
 
     The tile's element (r, j) lies at c[c_at + r * ldc + j].  Its start is zero
     (FROM_ZERO), the row at s[s_at] in every row (FROM_ROW), or C itself
     (FROM_C).  ``first`` and ``second`` are factors; a k_len of 0 leaves one
-    out.  rows and vecs are run-time values of at most TILE_ROWS and TILE_VECS:
+    out.  A1 B1 runs over the ``count`` terms k listed in ks, in increasing
+    order, or over all of them if count is negative.  rows and vecs are
+    run-time values of at most TILE_ROWS and TILE_VECS:
     a switch picks the tile compiled for them, whose accumulators are fixed in
     number and so live in registers.
     """
@@ -195,9 +201,13 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
         and all(isinstance(ty, types.Integer) for ty in integers)
         and _is_factor(first)
         and _is_factor(second)
+        and ks == _INT_POINTER
+        and isinstance(count, types.Integer)
     ):
         return None
-    signature = types.void(c, c_at, ldc, rows, vecs, start, s, s_at, first, second)
+    signature = types.void(
+        c, c_at, ldc, rows, vecs, start, s, s_at, first, second, ks, count
+    )
 
     def codegen(context, builder, signature, arguments):
         intp = context.get_value_type(types.intp)
@@ -217,8 +227,11 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
             value if ty == _FLOAT_POINTER else as_intp(value, ty)
             for value, ty in zip(arguments[:8], argument_types[:8])
         )
+        ks_ptr = arguments[10]
+        count_ = as_intp(arguments[11], argument_types[11])
+        has_list = builder.icmp_signed(">=", count_, ir.Constant(intp, 0))
         factors = []
-        for value, ty in zip(arguments[8:], argument_types[8:]):
+        for value, ty in zip(arguments[8:10], argument_types[8:10]):
             fields = [builder.extract_value(value, i) for i in range(8)]
             factors.append(
                 [
@@ -307,8 +320,18 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
                 a, a_at, a_row, a_col, b, b_at, ldb, k_len = (
                     builder.select(is_first, one, two) for one, two in zip(*factors)
                 )
-                with cgutils.for_range(builder, k_len, intp=intp) as loop:
-                    k = loop.index
+                listed = builder.and_(is_first, has_list)
+                terms = builder.select(listed, count_, k_len)
+                with cgutils.for_range(builder, terms, intp=intp) as loop:
+                    with builder.if_else(listed) as (from_list, in_order):
+                        with from_list:
+                            listed_k = builder.load(builder.gep(ks_ptr, [loop.index]))
+                            list_block = builder.block
+                        with in_order:
+                            order_block = builder.block
+                    k = builder.phi(intp)
+                    k.add_incoming(listed_k, list_block)
+                    k.add_incoming(loop.index, order_block)
                     a_k = add(a_at, builder.mul(k, a_col))
                     row_factors = [
                         splat(builder.load(builder.gep(a, [add(a_k, r_offset)])))
@@ -349,21 +372,70 @@ def _tile(typingctx, c, c_at, ldc, rows, vecs, start, s, s_at, first, second):
     return signature, codegen
 
 
+# How a product's first factor marks the zeros of A (see tiled_product).
+NO_ZEROS, ZEROS_BY_ROW, ZEROS_BY_K = 0, 1, 2
+
+
+@intrinsic
+def _lowest_bit(typingctx, bits):
+    """Index of the lowest set bit of a uint64 that is not 0."""
+    if bits != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, arguments):
+        i64 = ir.IntType(64)
+        count_zeros = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64"
+        )
+        return builder.call(count_zeros, [arguments[0], ir.Constant(ir.IntType(1), 1)])
+
+    return types.int64(bits), codegen
+
+
+@intrinsic
+def _null(typingctx, like):
+    """A null pointer of the type of ``like``'s elements (an array)."""
+    pointer = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, arguments):
+        return ir.Constant(context.get_value_type(pointer), None)
+
+    return pointer(like), codegen
+
+
 @typed_kernel(
     types.void(
-        _FLOAT_POINTER, *[types.int64] * 5, _FLOAT_POINTER, types.int64, FACTOR, FACTOR
-    )
+        _FLOAT_POINTER,
+        *[types.int64] * 5,
+        _FLOAT_POINTER,
+        types.int64,
+        FACTOR,
+        FACTOR,
+        _MASK_POINTER,
+        types.int64,
+        types.int64,
+        _INT_POINTER,
+    )  # fmt: skip
 )
-def tiled_product(c, c_at, ldc, rows, width, start, s, s_at, first, second):
-    """C (rows, width) = start + A1 B1 + A2 B2, tile by tile.
+def tiled_product_skipping(c, c_at, ldc, rows, width, start, s, s_at, first, second,
+                           zeros, zeros_at, zeros_kind, ks):  # fmt: skip
+    """C (rows, width) = start + A1 B1 + A2 B2, tile by tile, skipping zeros of A1.
 
     C's element (i, j) lies at c[c_at + i * ldc + j]; width is a multiple of
     LANES.  start, s, s_at, first and second are those of :func:`_tile`.
+
+    zeros marks A1's nonzero elements from zeros[zeros_at] (uint64): with
+    ZEROS_BY_ROW, bit k of word r is set if A1 (r, k) != 0 (k < 64); with
+    ZEROS_BY_K, bit r of word k if A1 (r, k) != 0 (r < 64).  A tile then leaves
+    out every term k whose A1 elements are zero in all its rows, which changes
+    nothing but the sign of a zero.  ks has room for the k_len of A1 (int64).
+    With NO_ZEROS, zeros and ks are not read.
     """
     vecs = width // LANES
     tiles = (rows + TILE_ROWS - 1) // TILE_ROWS
     if tiles == 0:
         return
+    k_len = first[7]
     # The rows are dealt out evenly, so that no tile is left with a row or two:
     # 25 rows become 5 tiles of 5, not 4 of 6 and one of 1.
     base = rows // tiles
@@ -371,6 +443,27 @@ def tiled_product(c, c_at, ldc, rows, width, start, s, s_at, first, second):
     i = 0
     for t in range(tiles):
         R = base + 1 if t < extra else base
+        count = -1
+        if zeros_kind == ZEROS_BY_ROW:
+            bits = np.uint64(0)
+            for r in range(R):
+                bits |= zeros[zeros_at + i + r]
+            count = 0
+            while bits != 0:
+                ks[count] = _lowest_bit(bits)
+                count += 1
+                bits &= bits - np.uint64(1)
+        elif zeros_kind == ZEROS_BY_K:
+            tile_rows = ((np.uint64(1) << np.uint64(R)) - np.uint64(1)) << np.uint64(i)
+            count = 0
+            # Without a branch: which terms are zero is unpredictable.
+            for k in range(k_len):
+                ks[count] = k
+                count += (zeros[zeros_at + k] & tile_rows) != 0
+        # A tile whose only factor is all zeros leaves C as it is.
+        if count == 0 and start == FROM_C and second[7] == 0:
+            i += R
+            continue
         for v0 in range(0, vecs, TILE_VECS):
             _tile(
                 c,
@@ -383,12 +476,49 @@ def tiled_product(c, c_at, ldc, rows, width, start, s, s_at, first, second):
                 s_at + v0 * LANES,
                 _moved(first, i, v0),
                 _moved(second, i, v0),
+                ks,
+                count,
             )
         i += R
 
 
+_NO_MASKS = np.empty(0, dtype=np.uint64)
+_NO_TERMS = np.empty(0, dtype=np.int64)
+
+
+@typed_kernel(
+    types.void(
+        _FLOAT_POINTER, *[types.int64] * 5, _FLOAT_POINTER, types.int64, FACTOR, FACTOR
+    )
+)
+def tiled_product(c, c_at, ldc, rows, width, start, s, s_at, first, second):
+    """C (rows, width) = start + A1 B1 + A2 B2, tile by tile, every term.
+
+    The arguments are those of :func:`tiled_product_skipping`.
+    """
+    tiled_product_skipping(c, c_at, ldc, rows, width, start, s, s_at, first, second,
+                           _null(_NO_MASKS), 0, NO_ZEROS, _null(_NO_TERMS))  # fmt: skip
+
+
 # --------------------------------------------------------------------------
 # padded layouts
+
+
+def _lanes_below(builder, count):
+    """The vector of LANES flags that is true in the lanes below ``count``."""
+    count_type = count.type
+    vector_of = ir.VectorType(count_type, LANES)
+    i32 = ir.IntType(32)
+    lanes = ir.Constant(vector_of, list(range(LANES)))
+    in_lane_0 = builder.insert_element(
+        ir.Constant(vector_of, ir.Undefined), count, ir.Constant(i32, 0)
+    )
+    counts = builder.shuffle_vector(
+        in_lane_0,
+        ir.Constant(vector_of, ir.Undefined),
+        ir.Constant(ir.VectorType(i32, LANES), [0] * LANES),
+    )
+    return builder.icmp_signed("<", lanes, counts)
 
 
 def _masked_move(store_masked):
@@ -408,7 +538,6 @@ def _masked_move(store_masked):
 
         def codegen(context, builder, signature, arguments):
             dst_ptr, dst_at_, src_ptr, src_at_, count_ = arguments
-            intp = context.get_value_type(types.intp)
             i32 = ir.IntType(32)
             vector = ir.VectorType(ir.FloatType(), LANES)
             mask_type = ir.VectorType(ir.IntType(1), LANES)
@@ -418,17 +547,7 @@ def _masked_move(store_masked):
                 context.cast(builder, value, ty, types.intp)
                 for value, ty in zip((dst_at_, src_at_, count_), at_types)
             )
-            lane = ir.Constant(ir.VectorType(intp, LANES), list(range(LANES)))
-            counts = builder.shuffle_vector(
-                builder.insert_element(
-                    ir.Constant(ir.VectorType(intp, LANES), ir.Undefined),
-                    count_,
-                    ir.Constant(i32, 0),
-                ),
-                ir.Constant(ir.VectorType(intp, LANES), ir.Undefined),
-                ir.Constant(ir.VectorType(i32, LANES), [0] * LANES),
-            )
-            mask = builder.icmp_signed("<", lane, counts)
+            mask = _lanes_below(builder, count_)
             source = builder.bitcast(builder.gep(src_ptr, [src_at_]), vector_pointer)
             target = builder.bitcast(builder.gep(dst_ptr, [dst_at_]), vector_pointer)
             align = ir.Constant(i32, 4)
@@ -580,3 +699,93 @@ def tiled_dense_forward(logits, wide, hs, h_at, packed, offsets, H):
     none = factor(p_wide, 0, 0, 0, p_wide, 0, 0, 0)
     tiled_product(p_wide, 0, Kp, n, Kp, FROM_ROW, p_packed, c_at, hidden, none)
     unpad_columns(logits, wide, Kp)
+
+
+# --------------------------------------------------------------------------
+# zero masks of the inputs
+
+# Inputs of at most this many features get zero masks (one bit per feature).
+MASK_FEATURES = 64
+
+
+@intrinsic
+def scan_row(typingctx, x, at, D):
+    """(nonzero, bad) of the D contiguous floats from x[at], D <= MASK_FEATURES.
+
+    Bit d of nonzero (uint64) is set where x[at + d] != 0 (or is NaN), and bad
+    is nonzero if any of the floats is not finite: its exponent bits are all
+    ones.  A vector at a time, the last one by a masked load, which here reads
+    from memory at a fraction of the rate of a plain load.
+    """
+    if not (x == _FLOAT_POINTER and isinstance(at, types.Integer)):
+        return None
+    if not isinstance(D, types.Integer):
+        return None
+    result = types.UniTuple(types.uint64, 2)
+
+    def codegen(context, builder, signature, arguments):
+        intp = context.get_value_type(types.intp)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vector = ir.VectorType(ir.FloatType(), LANES)
+        lanes_mask = ir.VectorType(ir.IntType(1), LANES)
+        as_bits = ir.IntType(LANES)
+        x_ptr = arguments[0]
+        at_, D_ = (
+            context.cast(builder, value, ty, types.intp)
+            for value, ty in zip(arguments[1:], signature.args[1:])
+        )
+        masked_load = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vector, [vector.as_pointer(), i32, lanes_mask, vector]),
+            f"llvm.masked.load.v{LANES}f32.p0",
+        )
+        nonzero = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+        bad = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+        exponent = ir.Constant(ir.VectorType(i32, LANES), [0x7F800000] * LANES)
+        zeros = ir.Constant(vector, None)
+        for first in range(0, MASK_FEATURES, LANES):
+            here = ir.Constant(intp, first)
+            left = builder.sub(D_, here)
+            with builder.if_then(builder.icmp_signed(">", left, ir.Constant(intp, 0))):
+                source = builder.bitcast(
+                    builder.gep(x_ptr, [builder.add(at_, here)]), vector.as_pointer()
+                )
+                whole = builder.icmp_signed(">=", left, ir.Constant(intp, LANES))
+                with builder.if_else(whole) as (plain, masked):
+                    with plain:
+                        loaded = builder.load(source, align=4)
+                        plain_block = builder.block
+                    with masked:
+                        in_row = _lanes_below(builder, left)
+                        align = ir.Constant(i32, 4)
+                        partial = builder.call(
+                            masked_load, [source, align, in_row, zeros]
+                        )
+                        masked_block = builder.block
+                values = builder.phi(vector)
+                values.add_incoming(loaded, plain_block)
+                values.add_incoming(partial, masked_block)
+
+                def lanes_to_word(flags, shift):
+                    word = builder.zext(builder.bitcast(flags, as_bits), i64)
+                    return builder.shl(word, ir.Constant(i64, shift))
+
+                is_nonzero = builder.fcmp_unordered("!=", values, zeros)
+                builder.store(
+                    builder.or_(
+                        builder.load(nonzero), lanes_to_word(is_nonzero, first)
+                    ),
+                    nonzero,
+                )
+                bits = builder.and_(
+                    builder.bitcast(values, ir.VectorType(i32, LANES)), exponent
+                )
+                not_finite = builder.icmp_unsigned("==", bits, exponent)
+                builder.store(
+                    builder.or_(builder.load(bad), lanes_to_word(not_finite, 0)), bad
+                )
+        return context.make_tuple(
+            builder, result, [builder.load(nonzero), builder.load(bad)]
+        )
+
+    return result(x, at, D), codegen
