@@ -5,6 +5,11 @@ vectorising loops with a division.  ``cache=True`` stores the machine code next
 to the package so a second process skips compilation.  ``fastmath`` is left
 off: the kernels must reproduce the reference arithmetic closely, and the
 finiteness checks rely on NaN semantics.
+
+TODO: Numba's cache checks only the source file of the kernel it loads, so a
+cached kernel of numba_kernels.py keeps the old code of the numba_tiles.py
+kernels it calls after numba_tiles.py alone is edited; delete the *.nbi and
+*.nbc files under __pycache__ after such an edit.
 """
 
 import numba

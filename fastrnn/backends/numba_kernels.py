@@ -503,9 +503,9 @@ def train_part(row, g, x, y, W, U, b, V, c, first, n, activation):
 
     Every product is a tiled one on padded rows (see numba_tiles): at these
     sizes a BLAS call costs more in overhead and packing than the product.
-    Returns the
-    part's mean loss times n, its number of correct rows and whether its inputs
-    are all finite; with an input that is not, the part computes nothing else.
+    Returns the part's mean loss times n, its number of correct rows and
+    whether its inputs are all finite; with an input that is not, the part
+    computes nothing else.
     """
     B, T, D = x.shape
     H = W.shape[1]
