@@ -105,7 +105,7 @@ def _mnist():
     n = TRAIN_BATCHES * BATCH_SIZE
     train = Split.from_labels(x_train[:n] / np.float32(255.0), y_train[:n])
     test = Split.from_labels(x_test / np.float32(255.0), y_test)
-    return train, test, 10
+    return train, test, 25
 
 
 def _digits():
