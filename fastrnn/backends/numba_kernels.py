@@ -482,6 +482,8 @@ def train_scratch_size(T, rows, D, H, K):
         + aligned_size(Hp)
         + 3 * aligned_size(n * K)
         + aligned_size(1)
+        + (aligned_size(2 * T * n) if D <= MASK_FEATURES else 0)
+        + aligned_size(2 * max(n, D))
     )
 
 
@@ -530,6 +532,8 @@ def train_part(row, g, x, y, W, U, b, V, c, first, n, activation):
     probs, at = carve(row, at, n * K)
     dlogits, at = carve(row, at, n * K)
     one, at = carve(row, at, 1)
+    mask_room, at = carve(row, at, 2 * T * n if D <= MASK_FEATURES else 0)
+    ks_room, at = carve(row, at, 2 * max(n, D))
     logits = logits.reshape(n, K)
     probs = probs.reshape(n, K)
     dlogits = dlogits.reshape(n, K)
@@ -547,8 +551,8 @@ def train_part(row, g, x, y, W, U, b, V, c, first, n, activation):
     feature_stride = x.strides[2] // 4
     strides = (sample_stride, step_stride, feature_stride)
     x_at = first * sample_stride
-    masks = input_masks(T, n, D)
-    ks = np.empty(max(n, D), dtype=np.int64)
+    masks = mask_room.view(np.uint64)
+    ks = ks_room.view(np.int64)
     if not scan_inputs(masks, x, x_at, strides, n, T, D):
         return 0.0, 0, False
     offsets = pack_rnn(packed, W, U, b, True)
@@ -673,31 +677,95 @@ def _rnn_dense_xent_train_step(
     x (B, T, D)         input, batch-major, read in place
     y (B, K)            target distributions
     bounds (S + 1,)     part s holds batch rows bounds[s] to bounds[s + 1]
-    The parts run on as many threads as ``numba.set_num_threads`` allows.
+    The parts run on as many threads as ``numba.set_num_threads`` allows; the
+    serial twin below runs them one after the other with the same arithmetic.
 
     Returns (mean loss, number of correct rows, inputs finite).  If x holds a
     value that is not finite, or the loss is not finite, params and the
     optimizer state are left untouched.
     """
-    B, T, D = x.shape
-    H = W.shape[1]
-    K = V.shape[1]
-    parts = bounds.shape[0] - 1
-    part_loss = np.zeros(parts)
-    part_correct = np.zeros(parts, dtype=np.int64)
-    part_finite = np.ones(parts, dtype=np.bool_)
-    for part in prange(parts):
-        first = bounds[part]
-        n = bounds[part + 1] - first
-        part_loss[part], part_correct[part], part_finite[part] = train_part(
-            scratch[part], part_grads[part], x, y, W, U, b, V, c, first, n,
-            activation,
-        )  # fmt: skip
+    # Only the loop over parts is here: with parallel=True, Numba turns every
+    # array expression and slice copy of a kernel into a parallel loop of its
+    # own, each costing a launch, so the rest lives in serial kernels.
+    results = part_results(bounds.shape[0] - 1)
+    for part in prange(bounds.shape[0] - 1):
+        run_part(results, part, scratch, part_grads, x, y, bounds, W, U, b, V, c,
+                 activation)  # fmt: skip
+    return finish_step(results, params, grads, state_1, state_2, part_grads, x,
+                       dW, dU, db, dV, dc, optimizer, hyper)  # fmt: skip
 
-    if not part_finite.all():
-        return np.nan, 0, False
-    loss = part_loss.sum() / B
-    correct = part_correct.sum()
+
+@kernel
+def _rnn_dense_xent_train_step_serial(
+    params,
+    grads,
+    state_1,
+    state_2,
+    scratch,
+    part_grads,
+    x,
+    y,
+    bounds,
+    W,
+    U,
+    b,
+    V,
+    c,
+    dW,
+    dU,
+    db,
+    dV,
+    dc,
+    activation,
+    optimizer,
+    hyper,
+):
+    """:func:`_rnn_dense_xent_train_step` with the parts on the calling thread."""
+    results = part_results(bounds.shape[0] - 1)
+    for part in range(bounds.shape[0] - 1):
+        run_part(results, part, scratch, part_grads, x, y, bounds, W, U, b, V, c,
+                 activation)  # fmt: skip
+    return finish_step(results, params, grads, state_1, state_2, part_grads, x,
+                       dW, dU, db, dV, dc, optimizer, hyper)  # fmt: skip
+
+
+@kernel
+def part_results(parts):
+    """Each part's (loss times its rows, correct rows, inputs finite), (parts, 3)."""
+    return np.zeros((parts, 3))
+
+
+@kernel
+def run_part(results, part, scratch, part_grads, x, y, bounds, W, U, b, V, c,
+             activation):  # fmt: skip
+    """Part ``part`` of the train step, its results in results[part]."""
+    first = bounds[part]
+    loss, correct, finite = train_part(
+        scratch[part], part_grads[part], x, y, W, U, b, V, c, first,
+        bounds[part + 1] - first, activation,
+    )  # fmt: skip
+    results[part, 0] = loss
+    results[part, 1] = correct
+    results[part, 2] = finite
+
+
+@kernel
+def finish_step(results, params, grads, state_1, state_2, part_grads, x, dW, dU,
+                db, dV, dc, optimizer, hyper):  # fmt: skip
+    """Sum the parts' results and gradients, then update; see the train step."""
+    B = x.shape[0]
+    D, H = dW.shape
+    K = dV.shape[1]
+    parts = results.shape[0]
+    loss = 0.0
+    correct = 0
+    # Summed in part order, so that the result does not depend on the threads.
+    for part in range(parts):
+        if results[part, 2] == 0:
+            return np.nan, 0, False
+        loss += results[part, 0]
+        correct += int(results[part, 1])
+    loss /= B
     if not np.isfinite(loss):
         return loss, correct, True
 
@@ -751,17 +819,20 @@ def rnn_dense_xent_train_step(
     threads: cores to run the parts on; 1 runs them one after the other with
     the same arithmetic, so the result does not depend on it.  Numba reads the
     count from the calling thread's setting, which cannot be changed inside a
-    cached kernel, so this plain function sets it around the call.
+    cached kernel, so this plain function sets it around the call when fewer
+    threads than parts and cores are asked for.
     """
     arguments = (
         params, grads, state_1, state_2, scratch, part_grads, x, y, bounds,
         W, U, b, V, c, dW, dU, db, dV, dc, activation, optimizer, hyper,
     )  # fmt: skip
+    if threads <= 1:
+        return _rnn_dense_xent_train_step_serial(*arguments)
     cores = numba.get_num_threads()
-    if threads >= cores:
+    if threads >= min(cores, bounds.shape[0] - 1):
         # Each change of the setting costs about a microsecond.
         return _rnn_dense_xent_train_step(*arguments)
-    numba.set_num_threads(max(1, threads))
+    numba.set_num_threads(threads)
     try:
         return _rnn_dense_xent_train_step(*arguments)
     finally:
