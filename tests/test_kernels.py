@@ -127,6 +127,28 @@ def test_activation_forward_in_place(kernels, name):
     assert_close(z, expected)
 
 
+@pytest.mark.parametrize("size", [7, 40], ids=["scalar", "vectors"])
+def test_activation_forward_tanh_saturates_to_exactly_one(kernels, size):
+    # A saturated unit must pass no gradient back, as with libm's tanh: its
+    # output is exactly +-1, so 1 - h^2 is exactly 0.
+    z = np.resize(np.array([9.0, 9.5, 1e4, 1e30, -9.0, -1e30, np.inf], F32), size)
+    out = nan_array(size)
+
+    kernels.activation_forward(out, z, twin.ACTIVATION_CODES["tanh"])
+
+    np.testing.assert_array_equal(out, np.sign(z))
+
+
+def test_activation_forward_tanh_passes_nan(kernels):
+    z = np.resize(np.array([np.nan, 1.0, -np.inf], F32), 40)
+    out = nan_array(z.size)
+
+    kernels.activation_forward(out, z, twin.ACTIVATION_CODES["tanh"])
+
+    assert np.isnan(out[::3]).all()
+    np.testing.assert_array_equal(out[2::3], -1.0)
+
+
 def test_activation_forward_sigmoid_saturates_without_nan(kernels):
     z = np.array([-200.0, -90.0, 0.0, 90.0, 200.0], dtype=F32)
     out = nan_array(z.size)

@@ -59,8 +59,10 @@ LINEAR, TANH, RELU, SIGMOID = 0, 1, 2, 3
 # --------------------------------------------------------------------------
 # element-wise activations
 
-# tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 and +-1 beyond, where float32's tanh
-# is 1 to within rounding.  The coefficients are a rational least-squares fit of
+# tanh(x) = x P(x^2) / Q(x^2) on |x| < 9 and exactly +-1 from there on, where
+# float32's tanh is 1 to within rounding; exactly 1 keeps the derivative of a
+# saturated unit at 0, as in libm and TensorFlow, where the rational function
+# at 9 would leave one ulp of it.  The coefficients are a rational least-squares fit of
 # tanh(x)/x in float64 (relative error 6e-8); evaluated in float32 the result is
 # within 4e-7 of tanh.  Unlike libm's tanhf it has no branches and vectorises,
 # which makes the activation about ten times faster.
@@ -91,6 +93,11 @@ def tanh32(x):
     q = q * s + TANH_Q2
     q = q * s + TANH_Q1
     q = q * s + np.float32(1.0)
+    # Comparisons with a NaN are false, so a NaN passes through.
+    if x == TANH_CLAMP:
+        return np.float32(1.0)
+    if x == -TANH_CLAMP:
+        return np.float32(-1.0)
     return x * p / q
 
 
