@@ -400,7 +400,10 @@ class ModelCheckpoint(_MonitorCallback):
                         )
                     return
                 if self.verbose > 0:
-                    previous = "None" if self.best is None else f"{self.best:.5f}"
+                    if self.best is None:
+                        previous = "-inf" if self._maximize else "inf"
+                    else:
+                        previous = f"{self.best:.5f}"
                     print(
                         f"Epoch {epoch + 1}: {self.monitor} improved from "
                         f"{previous} to {current:.5f}, saving model to {filepath}"

@@ -38,11 +38,21 @@ def _check_positive_int(value, argument):
     return int(value)
 
 
+def _as_shape(name, argument, value):
+    """value as a tuple, or a TypeError naming the argument."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(
+            f"{name}: {argument} must be a tuple of sizes such as (28, 28), got "
+            f"{type(value).__name__} {value!r}"
+        )
+    return tuple(value)
+
+
 def _shape_from_keywords(name, input_shape, batch_input_shape, input_dim, input_length):
     """The per-sample input shape declared by Keras's various keywords, or None."""
     declared = None
     if batch_input_shape is not None:
-        batch_input_shape = tuple(batch_input_shape)
+        batch_input_shape = _as_shape(name, "batch_input_shape", batch_input_shape)
         if len(batch_input_shape) < 2:
             raise ValueError(
                 f"{name}: batch_input_shape must be (batch, ...features), got "
@@ -51,7 +61,7 @@ def _shape_from_keywords(name, input_shape, batch_input_shape, input_dim, input_
         # The batch size is not needed: every call adapts to its batch.
         declared = batch_input_shape[1:]
     if input_shape is not None:
-        declared = tuple(input_shape)
+        declared = _as_shape(name, "input_shape", input_shape)
     if declared is None and input_dim is not None:
         declared = (input_length, input_dim) if input_length is not None else None
         if declared is None:
@@ -136,6 +146,17 @@ class Layer:
     @property
     def built(self):
         return self.output_shape is not None
+
+    @property
+    def trainable(self):
+        """Always True: every layer's weights train."""
+        return True
+
+    @trainable.setter
+    def trainable(self, value):
+        if value is not True:
+            # TODO: freezing layers (trainable=False) is not implemented.
+            raise ValueError(f"{self.name}: trainable=False is not supported")
 
     def build(self, input_shape):
         """Fix the per-sample input shape; returns the per-sample output shape."""

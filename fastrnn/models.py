@@ -150,6 +150,11 @@ def _as_numeric(value, argument):
         array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.float16:
         array = array.astype(np.float32)
+    elif array.dtype.kind == "f" and array.dtype.itemsize > 8:
+        # Numba knows no extended precision.  float64 holds every value float32
+        # can, and one beyond float64's range becomes inf and is refused later.
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float64)
     return array
 
 
@@ -531,14 +536,22 @@ class Sequential:
                     f"of shape {(n_samples,) + expected}, got {y.shape}"
                 )
             if y.dtype.kind == "f":
-                if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-                    raise ValueError("y must hold whole-number class labels")
+                bad = ~np.isfinite(y) | (y != np.round(y))
+                if np.any(bad):
+                    raise ValueError(
+                        "y must hold whole-number class labels, got "
+                        f"{y[bad].flat[0]!r} among them"
+                    )
             if y.size and (y.min() < 0 or y.max() >= K):
                 raise ValueError(
                     f"y labels must be in [0, {K - 1}] for {K} output units, got "
                     f"values from {y.min()} to {y.max()}"
                 )
             return y
+        if y.ndim == 1 and tuple(output) == (1,):
+            # One output unit: targets of shape (n,) are read as (n, 1), as
+            # Keras does.
+            y = y.reshape(n_samples, 1)
         if y.shape[1:] != tuple(output):
             hint = ""
             if self.loss == losses.CATEGORICAL and y.shape[1:] in ((), (1,)):
@@ -837,9 +850,17 @@ class Sequential:
             optimizer.rollback(self._params)
             self._warn_not_updated(f"the loss is {loss}")
             return loss, accuracy, False
-        if not convert.all_finite(self._params):
+        # An overflow in the optimizer's state (Adam's squared gradients, say)
+        # leaves the weights finite for this step but poisons every later one,
+        # so the state is checked as well.
+        if not convert.all_finite(self._params) or not all(
+            convert.all_finite(vector) for vector in optimizer.state()
+        ):
             optimizer.rollback(self._params)
-            self._warn_not_updated(f"the loss is {loss} but the update overflowed")
+            self._warn_not_updated(
+                f"the loss is {loss} but the update overflowed the weights or the "
+                "optimizer's state"
+            )
             return loss, accuracy, False
         return loss, accuracy, True
 
@@ -870,8 +891,11 @@ class Sequential:
 
     def _predict_converted(self, inputs):
         out = self._forward(inputs, training=False, stop_at_logits=False)
+        # out is a layer's buffer, reused by the next call: the caller gets a
+        # copy of its own (a transposed view of one sample would already be
+        # contiguous, and ascontiguousarray would hand out the buffer itself).
         if out.ndim == 3:  # time-major inside, batch-major for the user
-            return np.ascontiguousarray(out.transpose(1, 0, 2))
+            return out.transpose(1, 0, 2).copy()
         return out.copy()
 
     # ------------------------------------------------------------------
@@ -884,6 +908,10 @@ class Sequential:
         ----------
         x : array-like of shape (n_samples, T, D) (or (n_samples, F))
         batch_size : int, default 32
+        verbose : {0, 1, 2, 'auto'}, default 0
+            Accepted for compatibility; predict shows no progress.
+        callbacks : None
+            Accepted for compatibility; predict calls none.
 
         Returns
         -------
@@ -891,6 +919,8 @@ class Sequential:
         """
         self._require_compiled("predict")
         batch_size = _check_batch_size(batch_size)
+        _check_verbose(verbose)
+        _no_inference_callbacks(callbacks, "predict")
         x = self._check_x(x)
         if self._inference_layers() is not None:
             return self._inference_output(x, stop_at_logits=False)
@@ -910,7 +940,11 @@ class Sequential:
         x : array-like of shape (n_samples, T, D) (or (n_samples, F))
         y : array-like, one-hot (n_samples, K) or labels, as the loss needs
         batch_size : int, default 32
-        verbose : accepted for compatibility; evaluate prints nothing.
+        verbose : {0, 1, 2, 'auto'}, default 'auto'
+            Accepted for compatibility; evaluate shows no progress.
+        return_dict : bool, default False
+        callbacks : None
+            Accepted for compatibility; evaluate calls none.
 
         Returns
         -------
@@ -918,6 +952,8 @@ class Sequential:
         """
         self._require_compiled("evaluate")
         batch_size = _check_batch_size(batch_size)
+        _check_verbose(verbose)
+        _no_inference_callbacks(callbacks, "evaluate")
         x = self._check_x(x)
         y = self._check_y(y, x)
         loss, accuracy = self._evaluate_checked(x, y, batch_size)
@@ -1020,10 +1056,8 @@ class Sequential:
                 f"epochs must be a non-negative integer, got "
                 f"{type(epochs).__name__} {epochs!r}"
             )
-        if verbose == "auto":
-            verbose = 1
-        if verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+        verbose = _check_verbose(verbose)
+        callbacks = _callback_list(callbacks)
         x = self._check_x(x)
         y = self._check_y(y, x)
         _reject_non_finite(x, "x")
@@ -1034,6 +1068,12 @@ class Sequential:
                 validation_data
             ) not in (2, 3):
                 raise ValueError("validation_data must be a tuple (x_val, y_val)")
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                # TODO: sample weights are not implemented.
+                raise ValueError(
+                    "validation_data: sample weights (a third element) are not "
+                    "supported; pass (x_val, y_val)"
+                )
             x_val = self._check_x(validation_data[0], "validation_data x")
             y_val = self._check_y(validation_data[1], x_val)
             _reject_non_finite(x_val, "validation_data x")
@@ -1058,7 +1098,7 @@ class Sequential:
         n = x.shape[0]
         steps = -(-n // batch_size)
         callback_list = callbacks_module.CallbackList(
-            list(callbacks or []) + [history],
+            callbacks + [history],
             self,
             {"epochs": epochs, "steps": steps, "verbose": verbose},
         )
@@ -1159,12 +1199,44 @@ def load_model(filepath, compile=True):
     return saving.load_model(filepath, compile=compile)
 
 
+def _check_verbose(verbose):
+    """verbose as 0, 1 or 2 ('auto' is 1), or a ValueError."""
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+    return int(verbose)
+
+
+def _no_inference_callbacks(callbacks, method):
+    # TODO: predict and evaluate take no callbacks yet.
+    if _callback_list(callbacks):
+        raise ValueError(f"{method}: callbacks are not supported, got {callbacks!r}")
+
+
+def _callback_list(callbacks):
+    """callbacks as a list: None, one Callback, or a list or tuple of them."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, callbacks_module.Callback):
+        return [callbacks]
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(
+            f"callbacks must be a list of Callback objects, got "
+            f"{type(callbacks).__name__}"
+        )
+    # CallbackList checks what the list holds.
+    return list(callbacks)
+
+
 def _reject_non_finite(array, argument):
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+    if array.dtype.kind != "f":
+        return
+    finite, in_range = convert.finite_and_in_float32_range(array)
+    if not finite:
         raise ValueError(f"{argument} contains NaN or infinite values")
-    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
-        if np.any(np.abs(array) > np.finfo(np.float32).max):
-            raise ValueError(f"{argument} has values beyond float32's range")
+    if not in_range:
+        raise ValueError(f"{argument} has values beyond float32's range")
 
 
 __all__ = ["Sequential", "load_model"]

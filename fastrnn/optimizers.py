@@ -34,6 +34,10 @@ def _check_float(value, argument, low=None, high=None, low_open=False):
 class Optimizer:
     """Base class.
 
+    Every hyperparameter is checked whenever it is set, in the constructor or
+    later (``optimizer.learning_rate = 0.01`` between steps works as in Keras),
+    so a bad value fails where it is given, not inside a training step.
+
     Parameters
     ----------
     learning_rate : float
@@ -43,6 +47,21 @@ class Optimizer:
     clipvalue : float, optional
         Clip every gradient element to [-clipvalue, clipvalue].
     """
+
+    # name -> (low, high, low bound excluded, None allowed), see _check_float
+    _RULES = {
+        "learning_rate": (0.0, None, True, False),
+        "clipnorm": (0.0, None, True, True),
+        "clipvalue": (0.0, None, True, True),
+    }
+
+    def __setattr__(self, name, value):
+        rule = self._RULES.get(name)
+        if rule is not None:
+            low, high, low_open, optional = rule
+            if not (optional and value is None):
+                value = _check_float(value, name, low=low, high=high, low_open=low_open)
+        super().__setattr__(name, value)
 
     def __init__(self, learning_rate, clipnorm=None, clipvalue=None, **kwargs):
         if "lr" in kwargs:
@@ -68,19 +87,9 @@ class Optimizer:
             )
         if learning_rate is None:
             learning_rate = self.DEFAULT_LEARNING_RATE
-        self.learning_rate = _check_float(
-            learning_rate, "learning_rate", low=0.0, low_open=True
-        )
-        self.clipnorm = (
-            None
-            if clipnorm is None
-            else _check_float(clipnorm, "clipnorm", low=0.0, low_open=True)
-        )
-        self.clipvalue = (
-            None
-            if clipvalue is None
-            else _check_float(clipvalue, "clipvalue", low=0.0, low_open=True)
-        )
+        self.learning_rate = learning_rate
+        self.clipnorm = clipnorm
+        self.clipvalue = clipvalue
         self.iterations = 0
         self._size = None
         self._hyper_array = np.zeros(4)
@@ -91,7 +100,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self.learning_rate = _check_float(value, "lr", low=0.0, low_open=True)
+        self.learning_rate = value
 
     def build(self, size):
         """Allocate state for a flat weight vector of ``size`` elements."""
@@ -128,7 +137,10 @@ class Optimizer:
             np.clip(gradient, -self.clipvalue, self.clipvalue, out=gradient)
         if self.clipnorm is not None:
             for view in views:
-                norm = float(np.sqrt(np.dot(view.ravel(), view.ravel())))
+                # A norm beyond float32's range is inf, which clips to 0 below
+                # and is caught as a divergence; NumPy need not warn about it.
+                with np.errstate(over="ignore"):
+                    norm = float(np.sqrt(np.dot(view.ravel(), view.ravel())))
                 if norm > self.clipnorm:
                     view *= np.float32(self.clipnorm / norm)
 
@@ -181,6 +193,12 @@ class Adam(Optimizer):
     """
 
     DEFAULT_LEARNING_RATE = 0.001
+    _RULES = {
+        **Optimizer._RULES,
+        "beta_1": (0.0, 1.0, False, False),
+        "beta_2": (0.0, 1.0, False, False),
+        "epsilon": (0.0, None, False, False),
+    }
 
     def __init__(
         self,
@@ -195,9 +213,9 @@ class Adam(Optimizer):
         if amsgrad:
             # TODO: the AMSGrad variant is not implemented.
             raise ValueError("Adam: amsgrad=True is not supported")
-        self.beta_1 = _check_float(beta_1, "beta_1", low=0.0, high=1.0)
-        self.beta_2 = _check_float(beta_2, "beta_2", low=0.0, high=1.0)
-        self.epsilon = _check_float(epsilon, "epsilon", low=0.0)
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
 
     def _allocate(self, size):
         self.m = np.zeros(size, dtype=np.float32)
@@ -251,10 +269,11 @@ class SGD(Optimizer):
     """
 
     DEFAULT_LEARNING_RATE = 0.01
+    _RULES = {**Optimizer._RULES, "momentum": (0.0, 1.0, False, False)}
 
     def __init__(self, learning_rate=None, momentum=0.0, nesterov=False, **kwargs):
         super().__init__(learning_rate, **kwargs)
-        self.momentum = _check_float(momentum, "momentum", low=0.0, high=1.0)
+        self.momentum = momentum
         self.nesterov = bool(nesterov)
 
     def _allocate(self, size):
@@ -301,6 +320,11 @@ class RMSprop(Optimizer):
     """
 
     DEFAULT_LEARNING_RATE = 0.001
+    _RULES = {
+        **Optimizer._RULES,
+        "rho": (0.0, 1.0, False, False),
+        "epsilon": (0.0, None, False, False),
+    }
 
     def __init__(self, learning_rate=None, rho=0.9, epsilon=1e-7, **kwargs):
         momentum = kwargs.pop("momentum", 0.0)
@@ -309,8 +333,8 @@ class RMSprop(Optimizer):
         if momentum or centered:
             # TODO: RMSprop with momentum or centered=True is not implemented.
             raise ValueError("RMSprop: momentum and centered are not supported")
-        self.rho = _check_float(rho, "rho", low=0.0, high=1.0)
-        self.epsilon = _check_float(epsilon, "epsilon", low=0.0)
+        self.rho = rho
+        self.epsilon = epsilon
 
     def _allocate(self, size):
         self.velocity = np.zeros(size, dtype=np.float32)

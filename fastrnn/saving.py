@@ -246,6 +246,12 @@ def _write_atomically(path, overwrite, write):
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path!r} exists and overwrite=False")
     directory, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"cannot save to {path!r}: the folder {directory!r} does not exist"
+        )
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save to {path!r}: it is a folder")
     # Same directory, so the final rename stays on one filesystem and is atomic;
     # O_EXCL with mode 0o666 gives the file the permissions the umask allows.
     temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
@@ -748,7 +754,8 @@ def _compile_from_config(model, compile_config, path):
     for key in ("loss_weights", "weighted_metrics"):
         if not _is_neutral(compile_config.get(key)):
             raise ValueError(
-                f"{where}: {key} is not supported; load with compile=False"
+                f"{where}: {key} is not supported; load with compile=False and "
+                "call compile() yourself"
             )
     try:
         optimizer = _optimizer_from_config(compile_config.get("optimizer", "rmsprop"))
@@ -757,7 +764,8 @@ def _compile_from_config(model, compile_config, path):
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     except (ValueError, TypeError) as error:
         raise ValueError(
-            f"{where}: {error}; load with compile=False to skip them"
+            f"{where}: {error}; load with compile=False to skip them and call "
+            "compile() yourself"
         ) from None
 
 

@@ -283,12 +283,15 @@ def parse_args(argv=None):
                 "ending in .npz"
             )
     if args.plot is not None:
+        if args.plot.suffix.lower() != ".png":
+            parser.error(
+                f"--plot {args.plot}: the plot is a PNG image, so the file name "
+                "must end in .png"
+            )
         if not plotting.matplotlib_available():
             parser.error(f"--plot needs matplotlib: {plotting.INSTALL_HINT}")
         _check_output(parser, "--plot", args.plot, args.overwrite)
-    if args.save is not None and args.plot is not None:
-        if args.save.expanduser().resolve() == args.plot.expanduser().resolve():
-            parser.error("--save and --plot must name different files")
+    # --save and --plot cannot name one file: their endings differ.
     return args
 
 

@@ -9,6 +9,7 @@ skipped when the C extension is not built, except under
 
 import inspect
 import os
+import warnings
 
 import numba
 import numpy as np
@@ -887,3 +888,34 @@ def test_set_backend_selects_the_c_backend(restore_backend):
     assert backends.set_backend("cython") == "cython"
     assert backends.kernels() is ck
     assert "cython" in backends.available_backends()
+
+
+@pytest.mark.parametrize("spelling", ["NUMBA", " numba ", "Numba"])
+def test_backend_names_are_read_in_any_case(spelling, restore_backend):
+    assert backends.set_backend(spelling) == "numba"
+
+
+@pytest.mark.parametrize("name", ["", "c", None, 1])
+def test_set_backend_rejects_other_names(name, restore_backend):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backends.set_backend(name)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_environment_variable_means_the_default(
+    value, monkeypatch, restore_backend
+):
+    monkeypatch.setenv("FASTRNN_BACKEND", value)
+    monkeypatch.setitem(backends._active, "module", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FastRNNWarning)
+        assert backends.get_backend() == "numba"
+
+
+def test_an_unknown_environment_variable_warns_and_uses_numba(
+    monkeypatch, restore_backend
+):
+    monkeypatch.setenv("FASTRNN_BACKEND", "fortran")
+    monkeypatch.setitem(backends._active, "module", None)
+    with pytest.warns(FastRNNWarning, match="FASTRNN_BACKEND must be one of"):
+        assert backends.get_backend() == "numba"

@@ -651,6 +651,33 @@ def test_skipped_batch_leaves_no_trace_in_the_optimizer(xy, loss):
         np.testing.assert_array_equal(w0, w1)
 
 
+@pytest.mark.parametrize("optimizer", [Adam, RMSprop])
+@pytest.mark.parametrize("loss", [CATEGORICAL, "mse"])
+def test_an_update_that_overflows_the_optimizer_state_is_skipped(xy, optimizer, loss):
+    # Targets of 1e30 are finite, but their gradient squared is not: the
+    # weights stay finite while Adam's or RMSprop's second moment becomes inf,
+    # which would stop every later update.  That step must be undone, loudly.
+    x, y = xy
+    model = rnn_model(optimizer=optimizer(1e-3), loss=loss)
+    model.train_on_batch(x, y)
+    before = model.get_weights()
+    state = [vector.copy() for vector in model.optimizer.state()]
+
+    with pytest.warns(FastRNNWarning, match="overflowed the weights or the optim"):
+        model.train_on_batch(x, y * F32(1e30))
+
+    for w0, w1 in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(w0, w1)
+    for kept, vector in zip(state, model.optimizer.state()):
+        np.testing.assert_array_equal(kept, vector)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FastRNNWarning)
+        model.train_on_batch(x, y)
+    assert any(
+        not np.array_equal(w0, w1) for w0, w1 in zip(before, model.get_weights())
+    )
+
+
 def test_fit_stops_on_overflowing_loss(xy, capsys):
     x, y = xy
     np.random.seed(0)
@@ -669,7 +696,8 @@ def test_fit_stops_on_overflowing_loss(xy, capsys):
 
 
 @pytest.mark.parametrize(
-    "dtype", [np.float64, np.float16, np.int64, np.int8, np.uint8, np.bool_]
+    "dtype",
+    [np.float64, np.longdouble, np.float16, np.int64, np.int8, np.uint8, np.bool_],
 )
 def test_other_dtypes_give_the_float32_result(model, dtype):
     rng = np.random.default_rng(1)
@@ -679,7 +707,9 @@ def test_other_dtypes_give_the_float32_result(model, dtype):
     np.testing.assert_array_equal(model.predict(x), expected)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.int64, np.uint8, np.bool_])
+@pytest.mark.parametrize(
+    "dtype", [np.float64, np.longdouble, np.int64, np.uint8, np.bool_]
+)
 def test_other_dtypes_train_like_float32(xy, dtype):
     x, y = xy
     x = (x * 3).astype(dtype)
@@ -767,6 +797,26 @@ def test_predict_returns_a_copy(model, xy):
     kept = first.copy()
     model.predict(x[::-1])
     np.testing.assert_array_equal(first, kept)
+
+
+@pytest.mark.parametrize("call", ["predict", "predict_on_batch"])
+def test_sequence_predictions_of_one_sample_are_copies(xy, call):
+    # One sample's (T, 1, K) output transposed to (1, T, K) is already
+    # contiguous: it must still be copied out of the layer's buffer.
+    x, _ = xy
+    model = sequence_model("mse", T)
+    predict = getattr(model, call)
+    first = predict(x[:1])
+    kept = first.copy()
+    predict(x[1:2])
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_sequence_predictions_do_not_depend_on_batch_size(xy):
+    x, _ = xy
+    model = sequence_model("mse", T)
+    whole = model.predict(x, batch_size=len(x))
+    np.testing.assert_allclose(model.predict(x, batch_size=1), whole, atol=1e-6)
 
 
 # return values --------------------------------------------------------------------
@@ -1055,3 +1105,99 @@ def test_x_that_is_no_array_names_its_type(model, xy, value):
     _, y = xy
     with pytest.raises(TypeError, match="x must be an array of numbers, got"):
         model.predict(value)
+
+
+# Keras habits ---------------------------------------------------------------------
+
+
+def test_freezing_a_layer_afterwards_is_refused_not_ignored(model):
+    with pytest.raises(ValueError, match="trainable=False is not supported"):
+        model.layers[0].trainable = False
+    assert model.layers[0].trainable is True
+
+
+@pytest.mark.parametrize("shape", [28, "28x28", 28.0])
+def test_input_shape_that_is_not_a_tuple_names_the_argument(shape):
+    with pytest.raises(TypeError, match="input_shape must be a tuple of sizes"):
+        SimpleRNN(H, input_shape=shape)
+
+
+def test_validation_data_with_sample_weights_is_refused(model, xy):
+    x, y = xy
+    with pytest.raises(ValueError, match="sample weights .* are not supported"):
+        model.fit(x, y, validation_data=(x, y, np.zeros(len(x))), verbose=0)
+
+
+def test_one_callback_need_not_be_in_a_list(model, xy):
+    x, y = xy
+    history = History()
+    model.fit(x, y, epochs=2, verbose=0, callbacks=history)
+    assert history.epoch == [0, 1]
+
+
+def test_callbacks_must_be_callbacks(model, xy):
+    x, y = xy
+    with pytest.raises(TypeError, match="callbacks must be a list of Callback"):
+        model.fit(x, y, verbose=0, callbacks="history")
+
+
+@pytest.mark.parametrize("method", ["predict", "evaluate"])
+@pytest.mark.parametrize("verbose", [7, -1, "yes", True])
+def test_predict_and_evaluate_check_verbose(model, xy, method, verbose):
+    x, y = xy
+    arguments = (x,) if method == "predict" else (x, y)
+    with pytest.raises(ValueError, match="verbose must be 0, 1, 2 or 'auto'"):
+        getattr(model, method)(*arguments, verbose=verbose)
+
+
+@pytest.mark.parametrize("method", ["predict", "evaluate"])
+def test_predict_and_evaluate_refuse_callbacks_rather_than_ignore_them(
+    model, xy, method
+):
+    x, y = xy
+    arguments = (x,) if method == "predict" else (x, y)
+    with pytest.raises(ValueError, match="callbacks are not supported"):
+        getattr(model, method)(*arguments, callbacks=[History()])
+    assert getattr(model, method)(*arguments, callbacks=[]) is not None
+
+
+def test_one_output_unit_takes_targets_without_the_last_axis(xy):
+    x, _ = xy
+    targets = np.random.default_rng(3).standard_normal(len(x)).astype(F32)
+    results = []
+    for y in (targets, targets[:, None]):
+        np.random.seed(7)
+        model = Sequential([SimpleRNN(H, input_shape=(T, D)), Dense(1)])
+        model.compile(optimizer=SGD(0.1), loss="mse")
+        results.append((model.train_on_batch(x, y), model.evaluate(x, y)))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(
+    "name, value, error",
+    [
+        ("learning_rate", "fast", TypeError),
+        ("learning_rate", -0.1, ValueError),
+        ("learning_rate", float("nan"), ValueError),
+        ("beta_1", 5.0, ValueError),
+        ("epsilon", -1.0, ValueError),
+        ("clipnorm", 0.0, ValueError),
+    ],
+)
+def test_hyperparameters_set_after_compile_are_checked(model, name, value, error):
+    before = getattr(model.optimizer, name)
+    with pytest.raises(error, match=name):
+        setattr(model.optimizer, name, value)
+    assert getattr(model.optimizer, name) == before
+
+
+def test_a_learning_rate_changed_between_steps_is_used(xy):
+    x, y = xy
+    results = []
+    for rate in (0.1, 0.0001):
+        np.random.seed(2)
+        model = rnn_model(optimizer=SGD(0.1))
+        model.optimizer.learning_rate = rate
+        model.train_on_batch(x, y)
+        results.append(model.get_weights()[0])
+    assert not np.allclose(results[0], results[1])

@@ -466,6 +466,23 @@ def test_saved_file_gets_ordinary_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.parametrize("method", ["save", "save_weights"])
+def test_saving_into_a_missing_folder_names_the_folder(tmp_path, method):
+    suffix = ".keras" if method == "save" else ".weights.h5"
+    target = tmp_path / "absent" / f"model{suffix}"
+    with pytest.raises(FileNotFoundError, match="absent' does not exist"):
+        getattr(trained_model(), method)(target)
+    assert not (tmp_path / "absent").exists()
+
+
+def test_saving_onto_a_folder_is_refused(tmp_path):
+    folder = tmp_path / "taken.keras"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        trained_model().save(folder)
+    assert folder.is_dir() and not any(folder.iterdir())
+
+
 # damaged and foreign files -------------------------------------------------------
 
 

@@ -67,16 +67,19 @@ def set_backend(name):
     Parameters
     ----------
     name : {'numba', 'cython'}
-        Backend to use.  If ``'cython'`` was not built on this installation, a
-        :class:`fastrnn.FastRNNWarning` is issued and ``'numba'`` is used.
+        Backend to use, in any case and with surrounding spaces, as
+        ``FASTRNN_BACKEND`` takes it.  If ``'cython'`` was not built on this
+        installation, a :class:`fastrnn.FastRNNWarning` is issued and
+        ``'numba'`` is used.
 
     Returns
     -------
     str
         The backend actually in use.
     """
-    if name not in BACKENDS:
+    if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    name = name.strip().lower()
     try:
         module = importlib.import_module(_MODULES[name])
     except ImportError as error:
@@ -107,7 +110,8 @@ def kernels():
 
 
 def _select_from_environment():
-    requested = os.environ.get("FASTRNN_BACKEND", "numba").strip().lower()
+    # Unset and empty both mean the default.
+    requested = os.environ.get("FASTRNN_BACKEND", "").strip().lower() or "numba"
     if requested not in BACKENDS:
         warnings.warn(
             f"FASTRNN_BACKEND must be one of {BACKENDS}, got {requested!r}; "

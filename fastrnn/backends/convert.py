@@ -68,3 +68,23 @@ def all_finite(values):
         if not np.isfinite(values[i]):
             finite = False
     return finite
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@kernel
+def finite_and_in_float32_range(values):
+    """(every value finite, every finite value within float32's range).
+
+    values: a float array of any shape and layout, read in place, so checking a
+    whole data set costs no temporary array the size of it.
+    """
+    finite = True
+    in_range = True
+    for value in values.flat:
+        if not np.isfinite(value):
+            finite = False
+        elif abs(value) > FLOAT32_MAX:
+            in_range = False
+    return finite, in_range
