@@ -392,6 +392,9 @@ class Sequential:
             )
         optimizer = optimizers.get(optimizer)
         owner = getattr(optimizer, "_model", None)
+        # Compiling again with this model's own optimizer keeps its state, as
+        # in Keras: only a new optimizer starts from zero.
+        keeps_state = owner is not None and owner() is self
         if owner is not None and owner() is not None and owner() is not self:
             raise ValueError(
                 "this optimizer instance already trains another model, and its "
@@ -416,7 +419,7 @@ class Sequential:
         self._accepted_y = None
         self._accuracy_name = metrics[0] if metrics else None
         self._compiled = True
-        if self.built:
+        if self.built and not (keeps_state and optimizer._size == self._params.size):
             self.optimizer.build(self._params.size)
 
     def _fuses_softmax(self):

@@ -1201,3 +1201,16 @@ def test_a_learning_rate_changed_between_steps_is_used(xy):
         model.train_on_batch(x, y)
         results.append(model.get_weights()[0])
     assert not np.allclose(results[0], results[1])
+
+
+def test_compiling_again_with_the_same_optimizer_keeps_its_state(xy):
+    x, y = xy
+    model = rnn_model(optimizer=Adam(0.01))
+    model.train_on_batch(x, y)
+    state = [vector.copy() for vector in model.optimizer.state()]
+    model.compile(optimizer=model.optimizer, loss="mse")
+    assert model.optimizer.iterations == 1
+    for kept, vector in zip(state, model.optimizer.state()):
+        np.testing.assert_array_equal(kept, vector)
+    model.compile(optimizer=Adam(0.01), loss="mse")
+    assert model.optimizer.iterations == 0
