@@ -1203,10 +1203,13 @@ def load_model(filepath, compile=True):
 
 
 def _check_verbose(verbose):
-    """verbose as 0, 1 or 2 ('auto' is 1), or a ValueError."""
-    if verbose == "auto":
+    """verbose as 0, 1 or 2 ('auto' is 1, False and True are 0 and 1 as in
+    Keras), or a ValueError."""
+    if isinstance(verbose, str):
+        if verbose != "auto":
+            raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
         return 1
-    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+    if not isinstance(verbose, (int, np.integer)) or verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
     return int(verbose)
 

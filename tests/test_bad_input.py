@@ -1142,12 +1142,20 @@ def test_callbacks_must_be_callbacks(model, xy):
 
 
 @pytest.mark.parametrize("method", ["predict", "evaluate"])
-@pytest.mark.parametrize("verbose", [7, -1, "yes", True])
+@pytest.mark.parametrize("verbose", [7, -1, "yes", 1.5, None])
 def test_predict_and_evaluate_check_verbose(model, xy, method, verbose):
     x, y = xy
     arguments = (x,) if method == "predict" else (x, y)
     with pytest.raises(ValueError, match="verbose must be 0, 1, 2 or 'auto'"):
         getattr(model, method)(*arguments, verbose=verbose)
+
+
+@pytest.mark.parametrize("method", ["predict", "evaluate", "fit"])
+@pytest.mark.parametrize("verbose", [False, True, 0, 2, "auto", np.int64(1)])
+def test_verbose_takes_what_keras_takes(model, xy, method, verbose, capsys):
+    x, y = xy
+    arguments = (x,) if method == "predict" else (x, y)
+    getattr(model, method)(*arguments, verbose=verbose)
 
 
 @pytest.mark.parametrize("method", ["predict", "evaluate"])
