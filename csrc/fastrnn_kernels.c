@@ -710,10 +710,11 @@ static int scan_inputs(uint64_t *masks, const float *x, ptrdiff_t sample_stride,
                 /* a masked load only for the last few features: on this
                  * hardware it streams from memory at a fraction of the rate of
                  * a plain load */
+                const int left = D - d;
                 const __m512 v =
-                    D - d >= 16 ? _mm512_loadu_ps(row + d)
-                                : _mm512_maskz_loadu_ps((__mmask16)((1u << (D - d)) - 1),
-                                                        row + d);
+                    left >= 16 ? _mm512_loadu_ps(row + d)
+                               : _mm512_maskz_loadu_ps((__mmask16)((1u << left) - 1),
+                                                       row + d);
                 const __m512i bits = _mm512_and_si512(_mm512_castps_si512(v), exponent);
                 nonzero |= (uint64_t)_mm512_cmp_ps_mask(v, _mm512_setzero_ps(),
                                                         _CMP_NEQ_UQ)

@@ -63,9 +63,10 @@ cdef extern from "fastrnn_kernels.h" nogil:
         int *correct, int *inputs_finite, float *params, float *grads,
         float *state_1, float *state_2, float *scratch, float *part_grads,
         double *part_loss, int *part_correct, const float *x,
-        Py_ssize_t sample_stride, Py_ssize_t step_stride, const float *y, const int64_t *bounds, const float *W,
-        const float *U, const float *b, const float *V, const float *c, float *dW,
-        float *dU, float *db, float *dV, float *dc, Py_ssize_t P,
+        Py_ssize_t sample_stride, Py_ssize_t step_stride, const float *y,
+        const int64_t *bounds, const float *W, const float *U, const float *b,
+        const float *V, const float *c, float *dW, float *dU, float *db,
+        float *dV, float *dc, Py_ssize_t P,
         Py_ssize_t scratch_row, int parts, int T, int B, int D, int H, int K,
         int activation, int optimizer, const double *hyper, int threads
     )

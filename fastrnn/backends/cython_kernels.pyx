@@ -505,11 +505,13 @@ def rnn_dense_predict(
             "rnn_dense_predict", logits=logits, x=x, W=W, U=U, b=b, V=V, c=c
         )
     finite = True
+    no_rows = np.empty((0, V.shape[1]), dtype=np.float32)
     for start, stop, block, sample_stride, step_stride, block_finite in _blocks(x):
-        finite = _predict_block(
-            logits[start:stop], block, W, U, b, V, c, sample_stride, step_stride,
-            activation,
-        ) and block_finite and finite
+        _, _, block_finite_x = _run_block(
+            logits[start:stop], no_rows, block, W, U, b, V, c, sample_stride,
+            step_stride, activation,
+        )
+        finite = finite and block_finite and block_finite_x
     return bool(finite)
 
 
@@ -538,10 +540,11 @@ def rnn_dense_xent_evaluate(
             "rnn_dense_xent_evaluate", x=x, y=y, W=W, U=U, b=b, V=V, c=c
         )
     loss_sum, correct, finite = 0.0, 0, True
+    no_rows = np.empty((0, V.shape[1]), dtype=np.float32)
     for start, stop, block, sample_stride, step_stride, block_finite in _blocks(x):
-        block_loss, block_correct, block_finite_x = _evaluate_block(
-            block, y[start:stop], W, U, b, V, c, sample_stride, step_stride,
-            activation,
+        block_loss, block_correct, block_finite_x = _run_block(
+            no_rows, y[start:stop], block, W, U, b, V, c, sample_stride,
+            step_stride, activation,
         )
         loss_sum += block_loss
         correct += block_correct
@@ -589,36 +592,10 @@ def _blocks(x):
         yield start, stop, x_tm.transpose(1, 0, 2), D, (stop - start) * D, finite
 
 
-cdef bint _predict_block(
+cdef tuple _run_block(
     float[:, ::1] logits,
-    const float[:, :, :] x,
-    const float[:, ::1] W,
-    const float[:, ::1] U,
-    const float[::1] b,
-    const float[:, ::1] V,
-    const float[::1] c,
-    Py_ssize_t sample_stride,
-    Py_ssize_t step_stride,
-    int activation,
-) except -1:
-    # x (B, T, D) float32 with the given element strides (see _readable_in_place)
-    cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1]), D = _dim(x.shape[2])
-    cdef int H = _dim(W.shape[1]), K = _dim(V.shape[1])
-    cdef int finite
-    cdef int chunk = PREDICT_CHUNK
-    with nogil:
-        finite = fr_rnn_dense_predict(
-            &logits[0, 0], &x[0, 0, 0], &W[0, 0], &U[0, 0], &b[0], &V[0, 0], &c[0],
-            sample_stride, step_stride, B, T, D, H, K, chunk, activation,
-        )
-    if finite < 0:
-        raise MemoryError("rnn_dense_predict: no memory for the hidden states")
-    return finite
-
-
-cdef tuple _evaluate_block(
-    const float[:, :, :] x,
     const float[:, ::1] y,
+    const float[:, :, :] x,
     const float[:, ::1] W,
     const float[:, ::1] U,
     const float[::1] b,
@@ -628,18 +605,28 @@ cdef tuple _evaluate_block(
     Py_ssize_t step_stride,
     int activation,
 ):
-    # as _predict_block; returns (loss sum, correct, finite)
+    # One block of predict (y has no rows: the logits go to logits) or of
+    # evaluate (logits has no rows: only the sums are kept).  x (B, T, D)
+    # float32 with the given element strides (see _readable_in_place).
+    # Returns (loss sum, correct, finite); the sums are 0 for predict.
     cdef int B = _dim(x.shape[0]), T = _dim(x.shape[1]), D = _dim(x.shape[2])
     cdef int H = _dim(W.shape[1]), K = _dim(V.shape[1])
-    cdef int finite, correct
-    cdef double loss_sum
+    cdef int finite, correct = 0
+    cdef double loss_sum = 0.0
     cdef int chunk = PREDICT_CHUNK
+    cdef bint evaluate = y.shape[0] > 0
     with nogil:
-        finite = fr_rnn_dense_xent_evaluate(
-            &loss_sum, &correct, &x[0, 0, 0], &y[0, 0], &W[0, 0], &U[0, 0], &b[0],
-            &V[0, 0], &c[0], sample_stride, step_stride, B, T, D, H, K, chunk,
-            activation,
-        )
+        if evaluate:
+            finite = fr_rnn_dense_xent_evaluate(
+                &loss_sum, &correct, &x[0, 0, 0], &y[0, 0], &W[0, 0], &U[0, 0],
+                &b[0], &V[0, 0], &c[0], sample_stride, step_stride, B, T, D, H, K,
+                chunk, activation,
+            )
+        else:
+            finite = fr_rnn_dense_predict(
+                &logits[0, 0], &x[0, 0, 0], &W[0, 0], &U[0, 0], &b[0], &V[0, 0],
+                &c[0], sample_stride, step_stride, B, T, D, H, K, chunk, activation,
+            )
     if finite < 0:
-        raise MemoryError("rnn_dense_xent_evaluate: no memory for the hidden states")
+        raise MemoryError("no memory for the hidden states of predict or evaluate")
     return loss_sum, correct, bool(finite)
